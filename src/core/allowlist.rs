@@ -1,0 +1,233 @@
+//! The compiled allowlist: which entry, if any, allows a request origin.
+//!
+//! Exact origins live in a hash map keyed by their serialisation; wildcard
+//! entries live in a tree of reversed labels (`com` → `example` → `*.`), so a
+//! lookup costs one hash probe per label of the origin, whatever the number
+//! of entries. Exact beats wildcard, and a deeper wildcard beats a shallower
+//! one. This module owns matching only; patterns are parsed in `pattern`.
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+
+use super::origin::OriginTuple;
+use super::pattern::{OriginPattern, PatternKind, WebScheme};
+
+/// Index of an entry in the policy's entry list (file order).
+pub type EntryIndex = u32;
+
+/// An index over normalised [`OriginPattern`]s.
+#[derive(Debug, Default)]
+pub struct Allowlist {
+    exact: HashMap<Box<str>, EntryIndex, RandomState>,
+    /// Reversed-label tree; `nodes[0]` is the root.
+    nodes: Vec<LabelNode>,
+}
+
+#[derive(Debug, Default)]
+struct LabelNode {
+    children: HashMap<Box<str>, u32, RandomState>,
+    /// Wildcards whose base ends at this node; a handful at most.
+    subdomains: Vec<SubdomainEntry>,
+}
+
+#[derive(Debug)]
+struct SubdomainEntry {
+    scheme: WebScheme,
+    port: Option<u16>,
+    entry: EntryIndex,
+}
+
+impl Allowlist {
+    /// Builds the index. When two patterns are the same, the first one wins.
+    pub fn build<'p>(patterns: impl IntoIterator<Item = &'p OriginPattern>) -> Self {
+        let mut list = Allowlist {
+            exact: HashMap::default(),
+            nodes: vec![LabelNode::default()],
+        };
+        for (index, pattern) in (0..).zip(patterns) {
+            list.insert(index, pattern);
+        }
+        list.exact.shrink_to_fit();
+        list
+    }
+
+    fn insert(&mut self, entry: EntryIndex, pattern: &OriginPattern) {
+        match pattern.kind() {
+            PatternKind::Exact => {
+                self.exact.entry(pattern.as_str().into()).or_insert(entry);
+            }
+            PatternKind::Subdomains { scheme, base, port } => {
+                let mut node = 0usize;
+                for label in ReversedLabels::new(base) {
+                    node = self.child_or_insert(node, label);
+                }
+                if let Some(at) = self.nodes.get_mut(node) {
+                    let duplicate = at.subdomains.iter().any(|s| s.scheme == *scheme && s.port == *port);
+                    if !duplicate {
+                        at.subdomains.push(SubdomainEntry {
+                            scheme: *scheme,
+                            port: *port,
+                            entry,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn child_or_insert(&mut self, node: usize, label: &str) -> usize {
+        let next = self.nodes.len();
+        let Some(parent) = self.nodes.get_mut(node) else {
+            return node;
+        };
+        let child = *parent.children.entry(label.into()).or_insert(next as u32) as usize;
+        if child == next {
+            self.nodes.push(LabelNode::default());
+        }
+        child
+    }
+
+    /// The entry that allows `origin`, if any: the exact entry equal to it
+    /// byte for byte, else the deepest wildcard whose base is a proper
+    /// suffix of its host at a label boundary, with the same scheme and port.
+    pub fn find(&self, origin: &OriginTuple<'_>) -> Option<EntryIndex> {
+        if let Some(&entry) = self.exact.get(origin.serialized) {
+            return Some(entry);
+        }
+        let scheme = match origin.scheme {
+            "https" => WebScheme::Https,
+            "http" => WebScheme::Http,
+            _ => return None,
+        };
+        let mut node = self.nodes.first()?;
+        let mut best = None;
+        let mut labels = ReversedLabels::new(origin.host);
+        while let Some(label) = labels.next() {
+            let Some(&child) = node.children.get(label) else {
+                break;
+            };
+            node = self.nodes.get(child as usize)?;
+            if let Some(below) = labels.rest
+                && let Some(hit) = node
+                    .subdomains
+                    .iter()
+                    .find(|s| s.scheme == scheme && s.port == origin.port)
+                && is_serialized_name(below)
+            {
+                best = Some(hit.entry);
+            }
+        }
+        best
+    }
+
+    /// Number of distinct exact origins and wildcard nodes, for diagnostics.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.nodes.iter().map(|n| n.subdomains.len()).sum::<usize>()
+    }
+
+    /// Whether nothing is allowlisted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether the labels below a wildcard's base are as a browser serialises
+/// them: lowercase, and any `xn--` label valid punycode. Matching is byte for
+/// byte, so `WWW.example.com` is no subdomain of `*.example.com`.
+fn is_serialized_name(labels: &str) -> bool {
+    if labels.bytes().any(|b| b.is_ascii_uppercase()) {
+        return false;
+    }
+    if !labels.split('.').any(|l| l.starts_with("xn--")) {
+        return true;
+    }
+    idna::domain_to_ascii_cow(labels.as_bytes(), idna::AsciiDenyList::URL).is_ok_and(|ascii| ascii == labels)
+}
+
+/// The labels of a host name, rightmost first; a trailing dot yields an
+/// empty first label, so `example.com.` and `example.com` never meet.
+struct ReversedLabels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> ReversedLabels<'a> {
+    fn new(host: &'a str) -> Self {
+        ReversedLabels { rest: Some(host) }
+    }
+}
+
+impl<'a> Iterator for ReversedLabels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.rsplit_once('.') {
+            Some((left, label)) => {
+                self.rest = Some(left);
+                Some(label)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::origin::{RequestOrigin, parse_request_origin};
+
+    fn list(patterns: &[&str]) -> (Vec<OriginPattern>, Allowlist) {
+        let parsed: Vec<OriginPattern> = patterns.iter().map(|p| p.parse().unwrap()).collect();
+        let index = Allowlist::build(&parsed);
+        (parsed, index)
+    }
+
+    fn hit<'p>(parsed: &'p [OriginPattern], index: &Allowlist, origin: &str) -> Option<&'p str> {
+        let RequestOrigin::Tuple(t) = parse_request_origin(origin).unwrap() else {
+            panic!()
+        };
+        index.find(&t).map(|i| parsed[i as usize].as_str())
+    }
+
+    #[test]
+    fn wildcards_match_whole_labels_below_the_base() {
+        let (p, idx) = list(&[
+            "https://*.example.com",
+            "https://*.b.example.com",
+            "https://example.com",
+        ]);
+        assert_eq!(hit(&p, &idx, "https://a.example.com"), Some("https://*.example.com"));
+        assert_eq!(hit(&p, &idx, "https://x.a.example.com"), Some("https://*.example.com"));
+        assert_eq!(
+            hit(&p, &idx, "https://x.b.example.com"),
+            Some("https://*.b.example.com")
+        );
+        assert_eq!(hit(&p, &idx, "https://b.example.com"), Some("https://*.example.com"));
+        assert_eq!(hit(&p, &idx, "https://example.com"), Some("https://example.com"));
+        for miss in [
+            "https://evilexample.com",
+            "https://example.com.evil.net",
+            "https://wwwxexample.com",
+            "http://a.example.com",
+            "https://a.example.com:8443",
+            "https://a.example.com.",
+            "https://A.EXAMPLE.COM",
+        ] {
+            assert_eq!(hit(&p, &idx, miss), None, "{miss}");
+        }
+    }
+
+    #[test]
+    fn trailing_dot_and_ports_are_part_of_the_origin() {
+        let (p, idx) = list(&["https://*.example.com.:8443"]);
+        assert_eq!(
+            hit(&p, &idx, "https://a.example.com.:8443"),
+            Some("https://*.example.com.:8443")
+        );
+        assert_eq!(hit(&p, &idx, "https://a.example.com:8443"), None);
+    }
+}

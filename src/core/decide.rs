@@ -1,0 +1,414 @@
+//! `decide(&Policy, &Request) -> Decision`: the CORS decision for one request.
+//!
+//! Follows the [Fetch standard's CORS protocol](https://fetch.spec.whatwg.org/#http-cors-protocol):
+//! scope, then the `Origin`, then for a [CORS-preflight request](https://fetch.spec.whatwg.org/#cors-preflight-request)
+//! the requested method and headers. Every decision carries its reason, the
+//! pattern that matched and the policy version. `decide` borrows its input
+//! and allocates only to echo requested values back (a `*` with credentials).
+
+use std::borrow::Cow;
+
+use arrayvec::ArrayVec;
+
+use super::allowlist::EntryIndex;
+use super::origin::{Malformed, OriginTuple, RequestOrigin, default_port, parse_request_origin, split_authority};
+use super::policy::{CorsRules, Entry, FORBIDDEN_METHODS, Policy, is_token};
+
+/// Longest `Access-Control-Request-Headers` corsd reads, all lines together.
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 4096;
+/// Most header names a preflight may ask for.
+pub const MAX_REQUEST_HEADER_NAMES: usize = 64;
+/// Most empty list elements tolerated in `Access-Control-Request-Headers`.
+pub const MAX_EMPTY_ELEMENTS: usize = 16;
+/// Most spaces and tabs around one list element.
+const MAX_ELEMENT_WHITESPACE: usize = 2;
+
+/// `Access-Control-Allow-Origin`.
+pub const ALLOW_ORIGIN: &str = "access-control-allow-origin";
+/// `Access-Control-Allow-Credentials`.
+pub const ALLOW_CREDENTIALS: &str = "access-control-allow-credentials";
+/// `Access-Control-Allow-Methods`.
+pub const ALLOW_METHODS: &str = "access-control-allow-methods";
+/// `Access-Control-Allow-Headers`.
+pub const ALLOW_HEADERS: &str = "access-control-allow-headers";
+/// `Access-Control-Expose-Headers`.
+pub const EXPOSE_HEADERS: &str = "access-control-expose-headers";
+/// `Access-Control-Max-Age`.
+pub const MAX_AGE: &str = "access-control-max-age";
+/// `Access-Control-Allow-Private-Network`.
+pub const ALLOW_PRIVATE_NETWORK: &str = "access-control-allow-private-network";
+/// `Vary`.
+pub const VARY: &str = "vary";
+
+const VARY_ORIGIN: &str = "Origin";
+const VARY_PREFLIGHT: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+
+/// What a gateway saw of one request. `H` is one `Access-Control-Request-Headers`
+/// line (`&str`, `String`, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a, H = &'a str> {
+    /// The `Origin` header; `None` when absent.
+    pub origin: Option<&'a str>,
+    /// The request method, as sent.
+    pub method: &'a str,
+    /// `Access-Control-Request-Method`; `None` when absent.
+    pub request_method: Option<&'a str>,
+    /// `Access-Control-Request-Headers`, one element per header line.
+    pub request_headers: &'a [H],
+    /// Whether `Access-Control-Request-Private-Network: true` was sent.
+    pub request_private_network: bool,
+    /// The target's scheme as the browser used it; empty when unknown.
+    pub scheme: &'a str,
+    /// The target's `host[:port]`; empty when unknown.
+    pub authority: &'a str,
+    /// The target's path, maybe with a query; empty when unknown.
+    pub path: &'a str,
+}
+
+/// The answer's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A CORS request from an allowlisted origin.
+    Allow,
+    /// A CORS request that must fail: answer 403.
+    Deny,
+    /// Not a CORS request (or not governed by the policy): forward it.
+    NotCors,
+}
+
+impl Verdict {
+    /// `allow`, `deny` or `not_cors`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::NotCors => "not_cors",
+        }
+    }
+}
+
+/// Why a decision came out the way it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The origin is allowlisted and the preflight's checks passed.
+    Allowed,
+    /// No `Origin` header.
+    NoOrigin,
+    /// The origin is the target's own.
+    SameOrigin,
+    /// The policy's scope does not cover the target.
+    OutOfScope,
+    /// A well-formed origin that no entry allows.
+    OriginNotAllowed,
+    /// An `Origin` value no browser would send.
+    OriginMalformed,
+    /// The opaque origin `null`.
+    OriginNull,
+    /// The preflight asked for a method the policy does not allow.
+    MethodNotAllowed,
+    /// The preflight asked for a header the policy does not allow.
+    HeadersNotAllowed,
+}
+
+impl Reason {
+    /// The reason in snake case, as `corsd check --json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NoOrigin => "no_origin",
+            Reason::SameOrigin => "same_origin",
+            Reason::OutOfScope => "out_of_scope",
+            Reason::OriginNotAllowed => "origin_not_allowed",
+            Reason::OriginMalformed => "origin_malformed",
+            Reason::OriginNull => "origin_null",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::HeadersNotAllowed => "headers_not_allowed",
+        }
+    }
+}
+
+/// One response header of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHeader<'a> {
+    /// Lowercase name.
+    pub name: &'static str,
+    /// The value, borrowed from the policy or the request where it can be.
+    pub value: Cow<'a, str>,
+    /// Add beside the upstream's values (`Vary`) rather than overwrite them.
+    pub append: bool,
+}
+
+/// The headers of a decision; never more than seven.
+pub type ResponseHeaders<'a> = ArrayVec<ResponseHeader<'a>, 8>;
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    /// Allow, deny or not CORS.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// Whether the request is a CORS preflight.
+    pub preflight: bool,
+    /// Non-zero: answer at once with this status (204 or 403); zero: forward.
+    pub respond_status: u16,
+    /// For the direct answer, or to add to the upstream's response.
+    pub response_headers: ResponseHeaders<'a>,
+    /// The entry that allowed the origin, if one did.
+    pub matched: Option<&'a Entry>,
+    /// The version of the policy that decided.
+    pub policy_version: &'a str,
+    /// For a malformed origin: what is wrong with it.
+    pub detail: Option<&'static str>,
+}
+
+impl Decision<'_> {
+    /// The normalised pattern that matched, empty when none did.
+    pub fn matched_pattern(&self) -> &str {
+        self.matched.map_or("", |e| e.pattern.as_str())
+    }
+}
+
+/// Decides one request with `policy`.
+pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -> Decision<'a> {
+    let mut decision = Decision {
+        verdict: Verdict::NotCors,
+        reason: Reason::OutOfScope,
+        preflight: false,
+        respond_status: 0,
+        response_headers: ArrayVec::new(),
+        matched: None,
+        policy_version: policy.version(),
+        detail: None,
+    };
+    if !policy.scope.covers(request.authority, request.path) {
+        return decision;
+    }
+    let Some(origin_value) = request.origin else {
+        decision.reason = Reason::NoOrigin;
+        push(&mut decision, VARY, VARY_ORIGIN, true);
+        return decision;
+    };
+    let preflight = request.method == "OPTIONS" && request.request_method.is_some();
+    decision.preflight = preflight;
+    let origin = match parse_request_origin(origin_value) {
+        Ok(RequestOrigin::Tuple(origin)) => origin,
+        Ok(RequestOrigin::Null) => return deny(decision, Reason::OriginNull),
+        Err(Malformed(why)) => {
+            decision.detail = Some(why);
+            return deny(decision, Reason::OriginMalformed);
+        }
+    };
+    if is_same_origin(&origin, request) {
+        decision.preflight = false;
+        decision.reason = Reason::SameOrigin;
+        push(&mut decision, VARY, VARY_ORIGIN, true);
+        return decision;
+    }
+    let Some(entry) = policy.allowlist.find(&origin).and_then(|i| entry(policy, i)) else {
+        return deny(decision, Reason::OriginNotAllowed);
+    };
+    decision.matched = Some(entry);
+    let rules = &policy.cors;
+    match request.request_method.filter(|_| preflight) {
+        None => allow_actual(decision, rules, origin_value),
+        Some(method) => allow_preflight(decision, rules, origin_value, method, request),
+    }
+}
+
+fn entry(policy: &Policy, index: EntryIndex) -> Option<&Entry> {
+    policy.entries().get(index as usize)
+}
+
+fn push<'a>(decision: &mut Decision<'a>, name: &'static str, value: impl Into<Cow<'a, str>>, append: bool) {
+    // Capacity exceeds the most headers any decision carries.
+    let _ = decision.response_headers.try_push(ResponseHeader {
+        name,
+        value: value.into(),
+        append,
+    });
+}
+
+fn vary(preflight: bool) -> &'static str {
+    if preflight { VARY_PREFLIGHT } else { VARY_ORIGIN }
+}
+
+fn deny(mut decision: Decision<'_>, reason: Reason) -> Decision<'_> {
+    decision.verdict = Verdict::Deny;
+    decision.reason = reason;
+    decision.respond_status = 403;
+    decision.response_headers.clear();
+    let value = vary(decision.preflight);
+    push(&mut decision, VARY, value, false);
+    decision
+}
+
+/// The origin's scheme, host and port equal the target's (a missing port
+/// being the default of its own scheme). Unknown targets are never the same.
+fn is_same_origin<H>(origin: &OriginTuple<'_>, request: &Request<'_, H>) -> bool {
+    if request.scheme.is_empty() || request.authority.is_empty() {
+        return false;
+    }
+    let Some((host, port)) = split_authority(request.authority) else {
+        return false;
+    };
+    origin.scheme.eq_ignore_ascii_case(request.scheme)
+        && origin.host.eq_ignore_ascii_case(host)
+        && origin.port.or_else(|| default_port(origin.scheme)) == port.or_else(|| default_port(request.scheme))
+}
+
+fn allow_actual<'a>(mut decision: Decision<'a>, rules: &'a CorsRules, origin: &'a str) -> Decision<'a> {
+    decision.verdict = Verdict::Allow;
+    decision.reason = Reason::Allowed;
+    push(&mut decision, ALLOW_ORIGIN, origin, false);
+    if rules.allow_credentials {
+        push(&mut decision, ALLOW_CREDENTIALS, "true", false);
+    }
+    if let Some(expose) = &rules.expose_headers_value {
+        push(&mut decision, EXPOSE_HEADERS, &**expose, false);
+    }
+    push(&mut decision, VARY, VARY_ORIGIN, true);
+    decision
+}
+
+fn allow_preflight<'a, H: AsRef<str>>(
+    mut decision: Decision<'a>,
+    rules: &'a CorsRules,
+    origin: &'a str,
+    method: &'a str,
+    request: &Request<'a, H>,
+) -> Decision<'a> {
+    if !method_allowed(rules, method) {
+        return deny(decision, Reason::MethodNotAllowed);
+    }
+    let requested = match check_request_headers(rules, request.request_headers) {
+        Ok(count) => count,
+        Err(()) => return deny(decision, Reason::HeadersNotAllowed),
+    };
+    decision.verdict = Verdict::Allow;
+    decision.reason = Reason::Allowed;
+    decision.respond_status = 204;
+    push(&mut decision, ALLOW_ORIGIN, origin, false);
+    let methods: Cow<'a, str> = match &rules.allow_methods_value {
+        Some(value) => Cow::Borrowed(&**value),
+        None => Cow::Borrowed(method),
+    };
+    push(&mut decision, ALLOW_METHODS, methods, false);
+    if requested > 0 {
+        let headers: Cow<'a, str> = match &rules.allow_headers_value {
+            Some(value) => Cow::Borrowed(&**value),
+            None => Cow::Owned(echo_request_headers(request.request_headers)),
+        };
+        push(&mut decision, ALLOW_HEADERS, headers, false);
+    }
+    push(&mut decision, MAX_AGE, &*rules.max_age_value, false);
+    if rules.allow_credentials {
+        push(&mut decision, ALLOW_CREDENTIALS, "true", false);
+    }
+    if request.request_private_network && rules.allow_private_network {
+        push(&mut decision, ALLOW_PRIVATE_NETWORK, "true", false);
+    }
+    push(&mut decision, VARY, VARY_PREFLIGHT, false);
+    decision
+}
+
+/// GET, HEAD and POST always; forbidden methods never; others when listed
+/// (compared case-sensitively, as browsers send them) or under `*`.
+fn method_allowed(rules: &CorsRules, method: &str) -> bool {
+    if !is_token(method) || FORBIDDEN_METHODS.iter().any(|f| f.eq_ignore_ascii_case(method)) {
+        return false;
+    }
+    matches!(method, "GET" | "HEAD" | "POST") || rules.any_method || rules.methods.iter().any(|m| **m == *method)
+}
+
+fn header_allowed(rules: &CorsRules, name: &str) -> bool {
+    rules.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || (rules.any_header && !name.eq_ignore_ascii_case("authorization"))
+}
+
+/// Walks the requested header names, bounded by the limits above, and
+/// checks each. `Ok(n)`: all `n` names are allowed.
+fn check_request_headers<H: AsRef<str>>(rules: &CorsRules, lines: &[H]) -> Result<usize, ()> {
+    // Every line holds at least one element, so this many lines is over a limit.
+    let most_lines = MAX_REQUEST_HEADER_NAMES + MAX_EMPTY_ELEMENTS + 1;
+    if lines.len() > most_lines {
+        return Err(());
+    }
+    let total: usize = lines.iter().map(|l| l.as_ref().len()).sum();
+    if total > MAX_REQUEST_HEADERS_BYTES {
+        return Err(());
+    }
+    let mut names = 0;
+    let mut empty = 0;
+    for element in RequestHeaderNames::new(lines) {
+        match element? {
+            None => {
+                empty += 1;
+                if empty > MAX_EMPTY_ELEMENTS {
+                    return Err(());
+                }
+            }
+            Some(name) => {
+                names += 1;
+                if names > MAX_REQUEST_HEADER_NAMES || !header_allowed(rules, name) {
+                    return Err(());
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The elements of `Access-Control-Request-Headers` lines: `Some(name)`,
+/// `None` for an empty element, `Err` for one that is not a header name.
+struct RequestHeaderNames<'l, H> {
+    lines: std::slice::Iter<'l, H>,
+    current: Option<std::str::Split<'l, char>>,
+}
+
+impl<'l, H: AsRef<str>> RequestHeaderNames<'l, H> {
+    fn new(lines: &'l [H]) -> Self {
+        RequestHeaderNames {
+            lines: lines.iter(),
+            current: None,
+        }
+    }
+}
+
+impl<'l, H: AsRef<str>> Iterator for RequestHeaderNames<'l, H> {
+    type Item = Result<Option<&'l str>, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(element) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(parse_element(element));
+            }
+            self.current = Some(self.lines.next()?.as_ref().split(','));
+        }
+    }
+}
+
+fn parse_element(element: &str) -> Result<Option<&str>, ()> {
+    let is_blank = |c: char| c == ' ' || c == '\t';
+    let name = element.trim_matches(is_blank);
+    if element.len() - name.len() > MAX_ELEMENT_WHITESPACE {
+        return Err(());
+    }
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if is_token(name) { Ok(Some(name)) } else { Err(()) }
+}
+
+/// The requested names, lowercase, each once, for a `*` that credentials
+/// forbid sending.
+fn echo_request_headers<H: AsRef<str>>(lines: &[H]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for name in RequestHeaderNames::new(lines).filter_map(|e| e.ok().flatten()) {
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(", ")
+}

@@ -1,0 +1,13 @@
+//! The pure core of corsd: origin grammar, allowlist index, policy file and
+//! decisions. Synchronous and free of I/O: no files, sockets, runtimes or
+//! logging here; the service and the command line are shells around it.
+
+pub mod allowlist;
+pub mod decide;
+pub mod origin;
+pub mod pattern;
+pub mod policy;
+
+pub use decide::{Decision, Reason, Request, ResponseHeader, Verdict, decide};
+pub use pattern::{OriginPattern, PatternError};
+pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};

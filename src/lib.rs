@@ -1,0 +1,8 @@
+//! corsd: a CORS policy decision point for API gateways.
+//!
+//! [`core`] decides; the rest of the crate serves those decisions over gRPC
+//! (corsd's own API and Envoy's ext_authz), keeps the policy file in force,
+//! and offers the `corsd` command line.
+
+pub mod cli;
+pub mod core;

@@ -1,0 +1,205 @@
+//! The shared case tables (`tests/cases/*.toml`) and how to compare a layer's
+//! answer with them. Every layer (core, command line, gRPC, Envoy) replays the
+//! same cases.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail by panicking"
+)]
+#![allow(dead_code, reason = "each test crate uses a different part")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The directory of the case tables.
+pub fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases")
+}
+
+#[derive(Debug, Deserialize)]
+struct PolicyText {
+    text: String,
+}
+
+/// The named policies of `policies.toml`.
+pub fn policies() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(cases_dir().join("policies.toml")).unwrap();
+    let table: BTreeMap<String, PolicyText> = toml::from_str(&text).unwrap();
+    table.into_iter().map(|(k, v)| (k, v.text)).collect()
+}
+
+/// One request of the table, defaults filled in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseRequest {
+    pub policy: Option<String>,
+    pub origin: Option<String>,
+    pub method: Option<String>,
+    pub request_method: Option<String>,
+    #[serde(default)]
+    pub request_headers: Vec<String>,
+    #[serde(default)]
+    pub private_network: bool,
+    pub scheme: Option<String>,
+    pub authority: Option<String>,
+    pub path: Option<String>,
+}
+
+/// What the case expects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub verdict: String,
+    pub reason: String,
+    pub status: u32,
+    pub preflight: Option<bool>,
+    #[serde(default)]
+    pub matched: String,
+    pub headers: Option<Vec<(String, String, bool)>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub request: CaseRequest,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+struct Defaults {
+    policy: String,
+    method: String,
+    scheme: String,
+    authority: String,
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CaseFile {
+    defaults: Defaults,
+    case: Vec<Case>,
+}
+
+/// A request with every field decided.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub policy: String,
+    pub origin: Option<String>,
+    pub method: String,
+    pub request_method: Option<String>,
+    pub request_headers: Vec<String>,
+    pub private_network: bool,
+    pub scheme: String,
+    pub authority: String,
+    pub path: String,
+}
+
+/// The decision cases, with their requests resolved against the defaults.
+pub fn decision_cases() -> Vec<(Case, Resolved)> {
+    let text = std::fs::read_to_string(cases_dir().join("decide.toml")).unwrap();
+    let file: CaseFile = toml::from_str(&text).unwrap();
+    let d = file.defaults;
+    file.case
+        .into_iter()
+        .map(|case| {
+            let r = &case.request;
+            let resolved = Resolved {
+                policy: r.policy.clone().unwrap_or_else(|| d.policy.clone()),
+                origin: r.origin.clone(),
+                method: r.method.clone().unwrap_or_else(|| d.method.clone()),
+                request_method: r.request_method.clone(),
+                request_headers: r.request_headers.clone(),
+                private_network: r.private_network,
+                scheme: r.scheme.clone().unwrap_or_else(|| d.scheme.clone()),
+                authority: r.authority.clone().unwrap_or_else(|| d.authority.clone()),
+                path: r.path.clone().unwrap_or_else(|| d.path.clone()),
+            };
+            (case, resolved)
+        })
+        .collect()
+}
+
+/// A layer's answer, in the words of the case table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: String,
+    pub reason: String,
+    pub status: u32,
+    pub preflight: bool,
+    pub matched: String,
+    pub headers: Vec<(String, String, bool)>,
+    pub version: String,
+}
+
+/// The version corsd gives a policy text.
+pub fn version_of(text: &str) -> String {
+    corsd::core::Policy::compile("version", text.as_bytes())
+        .unwrap()
+        .policy
+        .version()
+        .to_owned()
+}
+
+/// Compares an answer with the case; `Err` says what differs.
+pub fn compare(case: &Case, policy_text: &str, got: &Outcome) -> Result<(), String> {
+    let e = &case.expect;
+    let mut wrong = Vec::new();
+    if got.verdict != e.verdict {
+        wrong.push(format!("verdict {} (want {})", got.verdict, e.verdict));
+    }
+    if got.reason != e.reason {
+        wrong.push(format!("reason {} (want {})", got.reason, e.reason));
+    }
+    if got.status != e.status {
+        wrong.push(format!("status {} (want {})", got.status, e.status));
+    }
+    if let Some(p) = e.preflight
+        && got.preflight != p
+    {
+        wrong.push(format!("preflight {} (want {p})", got.preflight));
+    }
+    if got.matched != e.matched {
+        wrong.push(format!("matched {:?} (want {:?})", got.matched, e.matched));
+    }
+    if let Some(headers) = &e.headers
+        && &got.headers != headers
+    {
+        wrong.push(format!("headers {:?}\n      want {:?}", got.headers, headers));
+    }
+    let version = version_of(policy_text);
+    if got.version != version {
+        wrong.push(format!("policy version {} (want {version})", got.version));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("case {:?}: {}", case.name, wrong.join("; ")))
+    }
+}
+
+/// Runs every case through `answer` and fails with every mismatch at once.
+pub fn replay(mut answer: impl FnMut(&Case, &Resolved, &str) -> Outcome) {
+    let policies = policies();
+    let cases = decision_cases();
+    assert!(cases.len() >= 100, "the case table shrank to {}", cases.len());
+    let mut failures = Vec::new();
+    for (case, resolved) in &cases {
+        let text = &policies[&resolved.policy];
+        let got = answer(case, resolved, text);
+        if let Err(e) = compare(case, text, &got) {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

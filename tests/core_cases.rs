@@ -1,0 +1,75 @@
+//! The decision table through the core's `decide`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail by panicking"
+)]
+
+mod common;
+
+use corsd::core::{Policy, Request, decide};
+
+#[test]
+fn decision_table() {
+    let policies: std::collections::HashMap<String, Policy> = common::policies()
+        .into_iter()
+        .map(|(name, text)| (name, Policy::compile("case", text.as_bytes()).unwrap().policy))
+        .collect();
+    common::replay(|_, r, _| {
+        let policy = &policies[&r.policy];
+        let request = Request {
+            origin: r.origin.as_deref(),
+            method: &r.method,
+            request_method: r.request_method.as_deref(),
+            request_headers: &r.request_headers,
+            request_private_network: r.private_network,
+            scheme: &r.scheme,
+            authority: &r.authority,
+            path: &r.path,
+        };
+        let d = decide(policy, &request);
+        common::Outcome {
+            verdict: d.verdict.as_str().to_owned(),
+            reason: d.reason.as_str().to_owned(),
+            status: u32::from(d.respond_status),
+            preflight: d.preflight,
+            matched: d.matched_pattern().to_owned(),
+            headers: d
+                .response_headers
+                .iter()
+                .map(|h| (h.name.to_owned(), h.value.to_string(), h.append))
+                .collect(),
+            version: d.policy_version.to_owned(),
+        }
+    });
+}
+
+#[derive(serde::Deserialize)]
+struct Patterns {
+    valid: Vec<(String, String)>,
+    invalid: Vec<(String, String)>,
+}
+
+#[test]
+fn pattern_table() {
+    let text = std::fs::read_to_string(common::cases_dir().join("patterns.toml")).unwrap();
+    let table: Patterns = toml::from_str(&text).unwrap();
+    let mut failures = Vec::new();
+    for (input, want) in &table.valid {
+        match input.parse::<corsd::core::OriginPattern>() {
+            Ok(p) if p.as_str() == want => {}
+            Ok(p) => failures.push(format!("{input:?} normalised to {p}, want {want}")),
+            Err(e) => failures.push(format!("{input:?} refused: {e}")),
+        }
+    }
+    for (input, fragment) in &table.invalid {
+        match input.parse::<corsd::core::OriginPattern>() {
+            Ok(p) => failures.push(format!("{input:?} accepted as {p}")),
+            Err(e) if e.message().contains(fragment.as_str()) => {}
+            Err(e) => failures.push(format!("{input:?}: message {:?} lacks {fragment:?}", e.message())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
