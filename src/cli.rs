@@ -23,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve decisions over gRPC (corsd.v1, Envoy ext_authz v3, health, reflection).
+    Serve(ServeArgs),
     /// Check a policy file; every error is printed as FILE:LINE:COL: message.
     Validate {
         /// The policy file.
@@ -100,6 +102,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Serve(args) => crate::server::main(args),
         Command::Validate { file } => validate(&file),
         Command::Check(args) => check(&args),
     }

@@ -6,3 +6,7 @@
 
 pub mod cli;
 pub mod core;
+pub mod grpc;
+pub mod reload;
+pub mod server;
+pub mod store;

@@ -132,6 +132,26 @@ impl Allowlist {
     }
 }
 
+/// Whether `pattern` on its own allows `origin`: byte-equal to an exact
+/// entry, or a true subdomain of a wildcard's base with its scheme and port.
+pub fn matches(pattern: &OriginPattern, origin: &OriginTuple<'_>) -> bool {
+    match pattern.kind() {
+        PatternKind::Exact => pattern.as_str() == origin.serialized,
+        PatternKind::Subdomains { scheme, base, port } => {
+            if origin.scheme != scheme.as_str() || origin.port != *port {
+                return false;
+            }
+            let mut host = ReversedLabels::new(origin.host);
+            for want in ReversedLabels::new(base) {
+                if host.next() != Some(want) {
+                    return false;
+                }
+            }
+            host.rest.is_some_and(is_serialized_name)
+        }
+    }
+}
+
 /// Whether the labels below a wildcard's base are as a browser serialises
 /// them: lowercase, and any `xn--` label valid punycode. Matching is byte for
 /// byte, so `WWW.example.com` is no subdomain of `*.example.com`.

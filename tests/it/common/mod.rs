@@ -1,19 +1,20 @@
 //! The shared case tables (`tests/cases/*.toml`) and how to compare a layer's
 //! answer with them. Every layer (core, command line, gRPC, Envoy) replays the
 //! same cases.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "tests fail by panicking"
-)]
-#![allow(dead_code, reason = "each test crate uses a different part")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod serve;
+
 use serde::Deserialize;
+
+/// Writes `text` to `dir/name` and returns the path as a string.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
 
 /// The directory of the case tables.
 pub fn cases_dir() -> PathBuf {
@@ -183,18 +184,28 @@ pub fn compare(case: &Case, policy_text: &str, got: &Outcome) -> Result<(), Stri
 }
 
 /// Runs every case through `answer` and fails with every mismatch at once.
-pub fn replay(mut answer: impl FnMut(&Case, &Resolved, &str) -> Outcome) {
+/// `answer` returns `None` for a request its layer cannot carry (a NUL byte
+/// in a command-line argument); those are listed, and must stay few.
+pub fn replay(mut answer: impl FnMut(&Case, &Resolved, &str) -> Option<Outcome>) {
     let policies = policies();
     let cases = decision_cases();
     assert!(cases.len() >= 100, "the case table shrank to {}", cases.len());
     let mut failures = Vec::new();
+    let mut cannot_carry = Vec::new();
     for (case, resolved) in &cases {
         let text = &policies[&resolved.policy];
-        let got = answer(case, resolved, text);
+        let Some(got) = answer(case, resolved, text) else {
+            cannot_carry.push(case.name.clone());
+            continue;
+        };
         if let Err(e) = compare(case, text, &got) {
             failures.push(e);
         }
     }
+    if !cannot_carry.is_empty() {
+        println!("this layer cannot carry these requests: {cannot_carry:?}");
+    }
+    assert!(cannot_carry.len() <= 2, "too many cases left out: {cannot_carry:?}");
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",

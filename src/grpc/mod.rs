@@ -1,0 +1,82 @@
+//! The gRPC shells around the core: corsd's own `corsd.v1.CorsPolicy`, Envoy's
+//! `envoy.service.auth.v3.Authorization`, standard health and reflection, all
+//! on one port. Handlers load one policy snapshot per call and never block.
+
+pub mod cors_policy;
+pub mod ext_authz;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::store::PolicyStore;
+
+/// Code generated from `proto/corsd/v1/corsd.proto`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+    tonic::include_proto!("corsd.v1");
+
+    /// The encoded file descriptor set, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corsd_descriptor");
+}
+
+/// The largest request message corsd decodes: a legal CheckOrigin request is
+/// far smaller; anything larger is refused before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The names under which health is reported.
+pub const HEALTH_SERVICES: [&str; 3] = ["", "corsd.v1.CorsPolicy", "envoy.service.auth.v3.Authorization"];
+
+/// Sets every reported service to `status`.
+pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves every corsd service on `listener` until `shutdown` completes, then
+/// stops accepting and finishes the calls in flight.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<PolicyStore>,
+    health: (
+        HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (reporter, health_service) = health;
+    set_health(&reporter, ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let cors = pb::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::new(store.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::AuthorizationService::new(store))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(cors)
+        .add_service(authz)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

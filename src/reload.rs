@@ -1,0 +1,222 @@
+//! Hot reload: watch the policy file's directory, read, compile and swap,
+//! keeping the last good policy whenever the file on disk is not one.
+//!
+//! The directory is watched (not the file) so rename-over saves, editors'
+//! temp-file dance and Kubernetes ConfigMap `..data` symlink swaps are seen.
+//! Bursts of events are debounced; the file is read until two reads agree, so
+//! a write caught half-way is not compiled; compiling runs off the async
+//! workers. A slow poll of the file's metadata backs the watcher up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::core::{Policy, Severity};
+use crate::store::PolicyStore;
+
+/// Quiet time after the last event before the file is read.
+const DEBOUNCE: Duration = Duration::from_millis(60);
+/// Longest a burst of events may put a reload off.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
+/// Pause between the two reads that must agree.
+const SETTLE: Duration = Duration::from_millis(25);
+/// Reads tried before a file that keeps changing is given up on, for now.
+const MAX_READS: usize = 20;
+/// How often the file's metadata is compared, in case an event was missed.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    /// Something changed in the directory.
+    Changed,
+    /// Reload at once (SIGHUP).
+    Now,
+}
+
+/// A handle on a running reloader.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    triggers: mpsc::Sender<Trigger>,
+}
+
+impl ReloadHandle {
+    /// Asks for a reload at once, without debouncing (what SIGHUP does).
+    pub fn reload_now(&self) {
+        let _ = self.triggers.try_send(Trigger::Now);
+    }
+}
+
+/// Starts watching `path`, swapping each valid new version into `store`.
+/// Must be called within a tokio runtime.
+pub fn spawn(path: PathBuf, store: Arc<PolicyStore>) -> Result<(ReloadHandle, JoinHandle<()>), notify::Error> {
+    let (triggers, events) = mpsc::channel(256);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let sender = triggers.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => {
+                !matches!(event.kind, EventKind::Access(_))
+                    && (event.paths.is_empty()
+                        || event.paths.iter().any(|p| {
+                            p.file_name()
+                                .is_some_and(|n| n == file_name || n.to_string_lossy().starts_with(".."))
+                        }))
+            }
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = sender.try_send(Trigger::Changed);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(run(path, store, events, watcher));
+    Ok((ReloadHandle { triggers }, task))
+}
+
+async fn run(
+    path: PathBuf,
+    store: Arc<PolicyStore>,
+    mut events: mpsc::Receiver<Trigger>,
+    _watcher: notify::RecommendedWatcher,
+) {
+    let mut seen = fingerprint(&path);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            trigger = events.recv() => match trigger {
+                None => return,
+                Some(Trigger::Now) => {}
+                Some(Trigger::Changed) => debounce(&mut events).await,
+            },
+            _ = poll.tick() => {
+                if fingerprint(&path) == seen {
+                    continue;
+                }
+                debug!(policy = %path.display(), "policy file metadata changed");
+            }
+        }
+        seen = fingerprint(&path);
+        reload(&path, &store).await;
+    }
+}
+
+/// Waits until events stop for [`DEBOUNCE`], or [`DEBOUNCE_MAX`] at most.
+async fn debounce(events: &mut mpsc::Receiver<Trigger>) {
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            _ = quiet => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            trigger = events.recv() => match trigger {
+                None | Some(Trigger::Now) => return,
+                Some(Trigger::Changed) => {}
+            },
+        }
+    }
+}
+
+/// What identifies a version of the file without reading it.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint(Option<(u64, Option<SystemTime>, u64)>);
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    Fingerprint(
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok(), m.ino())),
+    )
+}
+
+/// Reads the file until two reads agree.
+async fn read_stable(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut previous = tokio::fs::read(path).await?;
+    for _ in 0..MAX_READS {
+        tokio::time::sleep(SETTLE).await;
+        let bytes = tokio::fs::read(path).await?;
+        if bytes == previous {
+            return Ok(bytes);
+        }
+        previous = bytes;
+    }
+    Err(std::io::Error::other("the file kept changing while it was read"))
+}
+
+/// Reads, compiles and swaps in the file at `path`, or records why not.
+pub async fn reload(path: &Path, store: &PolicyStore) {
+    let started = Instant::now();
+    let shown = path.display().to_string();
+    let in_force = store.load_full();
+    let bytes = match read_stable(path).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let error = format!("{shown}: cannot read the policy file: {e}");
+            warn!(
+                policy = %shown,
+                version = in_force.policy.version(),
+                error = %error,
+                "policy reload rejected; the last good policy stays in force"
+            );
+            store.set_reload_error(error);
+            return;
+        }
+    };
+    let source = shown.clone();
+    let compiled = tokio::task::spawn_blocking(move || Policy::compile(&source, &bytes)).await;
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match compiled {
+        Ok(Ok(compiled)) => {
+            for warning in &compiled.warnings {
+                warn!(policy = %shown, "{}", warning.display(&shown));
+            }
+            let policy = compiled.policy;
+            if policy.version() == in_force.policy.version() {
+                debug!(policy = %shown, version = policy.version(), "policy file unchanged");
+                store.clear_reload_error();
+                return;
+            }
+            let (version, entries) = (policy.version().to_owned(), policy.entries().len());
+            store.swap(policy);
+            info!(
+                policy = %shown,
+                version,
+                previous = in_force.policy.version(),
+                entries,
+                took_ms,
+                "policy swapped in"
+            );
+        }
+        Ok(Err(error)) => {
+            let errors = error
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            let text = error.display(&shown).to_string();
+            warn!(
+                policy = %shown,
+                version = in_force.policy.version(),
+                errors,
+                took_ms,
+                "policy reload rejected; the last good policy stays in force:\n{text}"
+            );
+            store.set_reload_error(text);
+        }
+        Err(join) => {
+            let error = format!("{shown}: compiling the policy failed: {join}");
+            warn!(policy = %shown, error = %error, "policy reload rejected");
+            store.set_reload_error(error);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `corsd serve`: loads the policy (refusing to start without a valid one),
+//! serves gRPC, reloads on change and on SIGHUP, and on SIGTERM/SIGINT reports
+//! NOT_SERVING, stops accepting, finishes the calls in flight and exits 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogFormat, ServeArgs, load_policy};
+use crate::grpc;
+use crate::reload;
+use crate::store::PolicyStore;
+
+/// Runs `corsd serve` and returns the process's exit code.
+pub fn main(args: ServeArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let compiled = match load_policy(&args.policy) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(args, compiled.policy))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run(args: ServeArgs, policy: crate::core::Policy) -> ExitCode {
+    let (version, entries) = (policy.version().to_owned(), policy.entries().len());
+    let store = PolicyStore::new(policy);
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!("cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    let reloader = match reload::spawn(args.policy.clone(), Arc::clone(&store)) {
+        Ok((handle, _task)) => handle,
+        Err(e) => {
+            error!("cannot watch {}: {e}", args.policy.display());
+            return ExitCode::from(2);
+        }
+    };
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    info!("SIGHUP: reloading the policy");
+                    reloader.reload_now();
+                }
+            });
+        }
+        Err(e) => warn!("SIGHUP will not reload: {e}"),
+    }
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    info!(addr = %addr, policy = %args.policy.display(), version, entries, "corsd listening");
+    let mut server = tokio::spawn(grpc::serve(
+        listener,
+        store,
+        (reporter.clone(), health_service),
+        shutdown,
+    ));
+    tokio::select! {
+        () = wait_for_termination() => {}
+        ended = &mut server => return server_ended(ended),
+    }
+    info!("shutting down: NOT_SERVING, finishing calls in flight");
+    grpc::set_health(&reporter, ServingStatus::NotServing).await;
+    let _ = stop.send(());
+    match tokio::time::timeout(DRAIN, server).await {
+        Ok(ended) => server_ended(ended),
+        Err(_) => {
+            warn!(
+                "calls still open after {} s (health watchers?); exiting",
+                DRAIN.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// How long calls in flight may take to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, tokio::task::JoinError>;
+
+fn server_ended(ended: Served) -> ExitCode {
+    match ended {
+        Ok(Ok(())) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            error!("server failed: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            error!("server task failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_termination() {
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,19 @@
+//! corsd's integration tests, one binary: the shared case tables run through
+//! every layer (core, command line, gRPC), plus properties, allocation
+//! counting, hot reload and the served process.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail by panicking"
+)]
+
+mod cli;
+mod common;
+mod core_cases;
+mod no_alloc;
+mod properties;
+mod reload;
+mod serve_process;
+mod service;
