@@ -11,6 +11,10 @@ use std::time::Duration;
 use corsd::core::{Policy, Request, Verdict, decide};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+/// The allocator the `corsd` binary uses, so compile times match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A policy of `n` entries: half exact origins, half wildcards.
 fn policy_text(n: usize) -> String {
     let mut text = String::with_capacity(n * 48);

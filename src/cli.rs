@@ -223,7 +223,7 @@ fn print_json(decision: &Decision<'_>) -> std::io::Result<()> {
             .response_headers
             .iter()
             .map(|h| JsonHeader {
-                name: h.name,
+                name: h.name.as_str(),
                 value: &h.value,
                 append: h.append,
             })

@@ -23,22 +23,48 @@ pub const MAX_EMPTY_ELEMENTS: usize = 16;
 /// Most spaces and tabs around one list element.
 const MAX_ELEMENT_WHITESPACE: usize = 2;
 
-/// `Access-Control-Allow-Origin`.
-pub const ALLOW_ORIGIN: &str = "access-control-allow-origin";
-/// `Access-Control-Allow-Credentials`.
-pub const ALLOW_CREDENTIALS: &str = "access-control-allow-credentials";
-/// `Access-Control-Allow-Methods`.
-pub const ALLOW_METHODS: &str = "access-control-allow-methods";
-/// `Access-Control-Allow-Headers`.
-pub const ALLOW_HEADERS: &str = "access-control-allow-headers";
-/// `Access-Control-Expose-Headers`.
-pub const EXPOSE_HEADERS: &str = "access-control-expose-headers";
-/// `Access-Control-Max-Age`.
-pub const MAX_AGE: &str = "access-control-max-age";
-/// `Access-Control-Allow-Private-Network`.
-pub const ALLOW_PRIVATE_NETWORK: &str = "access-control-allow-private-network";
-/// `Vary`.
-pub const VARY: &str = "vary";
+/// The response headers a decision can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeaderName {
+    /// `Access-Control-Allow-Origin`.
+    AllowOrigin,
+    /// `Access-Control-Allow-Credentials`.
+    AllowCredentials,
+    /// `Access-Control-Allow-Methods`.
+    AllowMethods,
+    /// `Access-Control-Allow-Headers`.
+    AllowHeaders,
+    /// `Access-Control-Expose-Headers`.
+    ExposeHeaders,
+    /// `Access-Control-Max-Age`.
+    MaxAge,
+    /// `Access-Control-Allow-Private-Network`.
+    AllowPrivateNetwork,
+    /// `Vary`.
+    Vary,
+}
+
+impl HeaderName {
+    /// The lowercase name, as HTTP/2 and `corsd check --json` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderName::AllowOrigin => "access-control-allow-origin",
+            HeaderName::AllowCredentials => "access-control-allow-credentials",
+            HeaderName::AllowMethods => "access-control-allow-methods",
+            HeaderName::AllowHeaders => "access-control-allow-headers",
+            HeaderName::ExposeHeaders => "access-control-expose-headers",
+            HeaderName::MaxAge => "access-control-max-age",
+            HeaderName::AllowPrivateNetwork => "access-control-allow-private-network",
+            HeaderName::Vary => "vary",
+        }
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 const VARY_ORIGIN: &str = "Origin";
 const VARY_PREFLIGHT: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
@@ -130,8 +156,8 @@ impl Reason {
 /// One response header of a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHeader<'a> {
-    /// Lowercase name.
-    pub name: &'static str,
+    /// The header.
+    pub name: HeaderName,
     /// The value, borrowed from the policy or the request where it can be.
     pub value: Cow<'a, str>,
     /// Add beside the upstream's values (`Vary`) rather than overwrite them.
@@ -139,7 +165,7 @@ pub struct ResponseHeader<'a> {
 }
 
 /// The headers of a decision; never more than seven.
-pub type ResponseHeaders<'a> = ArrayVec<ResponseHeader<'a>, 8>;
+pub type ResponseHeaders<'a> = ArrayVec<ResponseHeader<'a>, 7>;
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone)]
@@ -181,16 +207,20 @@ pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -
         policy_version: policy.version(),
         detail: None,
     };
+    decide_into(&mut decision, policy, request);
+    decision
+}
+
+fn decide_into<'a, H: AsRef<str>>(decision: &mut Decision<'a>, policy: &'a Policy, request: &Request<'a, H>) {
     if !policy.scope.covers(request.authority, request.path) {
-        return decision;
+        return;
     }
     let Some(origin_value) = request.origin else {
         decision.reason = Reason::NoOrigin;
-        push(&mut decision, VARY, VARY_ORIGIN, true);
-        return decision;
+        push(decision, HeaderName::Vary, VARY_ORIGIN, true);
+        return;
     };
-    let preflight = request.method == "OPTIONS" && request.request_method.is_some();
-    decision.preflight = preflight;
+    decision.preflight = request.method == "OPTIONS" && request.request_method.is_some();
     let origin = match parse_request_origin(origin_value) {
         Ok(RequestOrigin::Tuple(origin)) => origin,
         Ok(RequestOrigin::Null) => return deny(decision, Reason::OriginNull),
@@ -202,15 +232,15 @@ pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -
     if is_same_origin(&origin, request) {
         decision.preflight = false;
         decision.reason = Reason::SameOrigin;
-        push(&mut decision, VARY, VARY_ORIGIN, true);
-        return decision;
+        push(decision, HeaderName::Vary, VARY_ORIGIN, true);
+        return;
     }
     let Some(entry) = policy.allowlist.find(&origin).and_then(|i| entry(policy, i)) else {
         return deny(decision, Reason::OriginNotAllowed);
     };
     decision.matched = Some(entry);
     let rules = &policy.cors;
-    match request.request_method.filter(|_| preflight) {
+    match request.request_method.filter(|_| decision.preflight) {
         None => allow_actual(decision, rules, origin_value),
         Some(method) => allow_preflight(decision, rules, origin_value, method, request),
     }
@@ -220,7 +250,7 @@ fn entry(policy: &Policy, index: EntryIndex) -> Option<&Entry> {
     policy.entries().get(index as usize)
 }
 
-fn push<'a>(decision: &mut Decision<'a>, name: &'static str, value: impl Into<Cow<'a, str>>, append: bool) {
+fn push<'a>(decision: &mut Decision<'a>, name: HeaderName, value: impl Into<Cow<'a, str>>, append: bool) {
     // Capacity exceeds the most headers any decision carries.
     let _ = decision.response_headers.try_push(ResponseHeader {
         name,
@@ -229,18 +259,17 @@ fn push<'a>(decision: &mut Decision<'a>, name: &'static str, value: impl Into<Co
     });
 }
 
-fn vary(preflight: bool) -> &'static str {
-    if preflight { VARY_PREFLIGHT } else { VARY_ORIGIN }
-}
-
-fn deny(mut decision: Decision<'_>, reason: Reason) -> Decision<'_> {
+fn deny(decision: &mut Decision<'_>, reason: Reason) {
     decision.verdict = Verdict::Deny;
     decision.reason = reason;
     decision.respond_status = 403;
     decision.response_headers.clear();
-    let value = vary(decision.preflight);
-    push(&mut decision, VARY, value, false);
-    decision
+    let vary = if decision.preflight {
+        VARY_PREFLIGHT
+    } else {
+        VARY_ORIGIN
+    };
+    push(decision, HeaderName::Vary, vary, false);
 }
 
 /// The origin's scheme, host and port equal the target's (a missing port
@@ -257,59 +286,53 @@ fn is_same_origin<H>(origin: &OriginTuple<'_>, request: &Request<'_, H>) -> bool
         && origin.port.or_else(|| default_port(origin.scheme)) == port.or_else(|| default_port(request.scheme))
 }
 
-fn allow_actual<'a>(mut decision: Decision<'a>, rules: &'a CorsRules, origin: &'a str) -> Decision<'a> {
+fn allow_actual<'a>(decision: &mut Decision<'a>, rules: &'a CorsRules, origin: &'a str) {
     decision.verdict = Verdict::Allow;
     decision.reason = Reason::Allowed;
-    push(&mut decision, ALLOW_ORIGIN, origin, false);
+    push(decision, HeaderName::AllowOrigin, origin, false);
     if rules.allow_credentials {
-        push(&mut decision, ALLOW_CREDENTIALS, "true", false);
+        push(decision, HeaderName::AllowCredentials, "true", false);
     }
     if let Some(expose) = &rules.expose_headers_value {
-        push(&mut decision, EXPOSE_HEADERS, &**expose, false);
+        push(decision, HeaderName::ExposeHeaders, &**expose, false);
     }
-    push(&mut decision, VARY, VARY_ORIGIN, true);
-    decision
+    push(decision, HeaderName::Vary, VARY_ORIGIN, true);
 }
 
 fn allow_preflight<'a, H: AsRef<str>>(
-    mut decision: Decision<'a>,
+    decision: &mut Decision<'a>,
     rules: &'a CorsRules,
     origin: &'a str,
     method: &'a str,
     request: &Request<'a, H>,
-) -> Decision<'a> {
+) {
     if !method_allowed(rules, method) {
         return deny(decision, Reason::MethodNotAllowed);
     }
-    let requested = match check_request_headers(rules, request.request_headers) {
-        Ok(count) => count,
-        Err(()) => return deny(decision, Reason::HeadersNotAllowed),
+    let Ok(requested) = check_request_headers(rules, request.request_headers) else {
+        return deny(decision, Reason::HeadersNotAllowed);
     };
     decision.verdict = Verdict::Allow;
     decision.reason = Reason::Allowed;
     decision.respond_status = 204;
-    push(&mut decision, ALLOW_ORIGIN, origin, false);
-    let methods: Cow<'a, str> = match &rules.allow_methods_value {
-        Some(value) => Cow::Borrowed(&**value),
-        None => Cow::Borrowed(method),
-    };
-    push(&mut decision, ALLOW_METHODS, methods, false);
+    push(decision, HeaderName::AllowOrigin, origin, false);
+    let methods = rules.allow_methods_value.as_deref().unwrap_or(method);
+    push(decision, HeaderName::AllowMethods, methods, false);
     if requested > 0 {
         let headers: Cow<'a, str> = match &rules.allow_headers_value {
             Some(value) => Cow::Borrowed(&**value),
             None => Cow::Owned(echo_request_headers(request.request_headers)),
         };
-        push(&mut decision, ALLOW_HEADERS, headers, false);
+        push(decision, HeaderName::AllowHeaders, headers, false);
     }
-    push(&mut decision, MAX_AGE, &*rules.max_age_value, false);
+    push(decision, HeaderName::MaxAge, &*rules.max_age_value, false);
     if rules.allow_credentials {
-        push(&mut decision, ALLOW_CREDENTIALS, "true", false);
+        push(decision, HeaderName::AllowCredentials, "true", false);
     }
     if request.request_private_network && rules.allow_private_network {
-        push(&mut decision, ALLOW_PRIVATE_NETWORK, "true", false);
+        push(decision, HeaderName::AllowPrivateNetwork, "true", false);
     }
-    push(&mut decision, VARY, VARY_PREFLIGHT, false);
-    decision
+    push(decision, HeaderName::Vary, VARY_PREFLIGHT, false);
 }
 
 /// GET, HEAD and POST always; forbidden methods never; others when listed

@@ -8,6 +8,6 @@ pub mod origin;
 pub mod pattern;
 pub mod policy;
 
-pub use decide::{Decision, Reason, Request, ResponseHeader, Verdict, decide};
+pub use decide::{Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
 pub use pattern::{OriginPattern, PatternError};
 pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};

@@ -71,11 +71,16 @@ pub(crate) struct CorsRules {
     pub(crate) max_age_value: Box<str>,
 }
 
+/// Up to this many scope hosts are compared one by one; more are hashed.
+const SCANNED_SCOPE_HOSTS: usize = 8;
+
 /// The `[scope]` table: which targets the allowlist governs.
 #[derive(Debug, Default)]
 pub(crate) struct Scope {
     /// Lowercase, without port or trailing dot; empty: every host.
     hosts: HashSet<Box<str>, RandomState>,
+    /// The same hosts in a list, scanned instead of hashed while they are few.
+    host_list: Vec<Box<str>>,
     /// Without a trailing `/`, so `/` is stored as `""`; empty: every path.
     paths: Vec<Box<str>>,
 }
@@ -177,7 +182,8 @@ impl Policy {
             Ok(text) => text,
             Err(e) => {
                 let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
-                let (line, column) = position(&String::from_utf8_lossy(valid), valid.len());
+                let lossy = String::from_utf8_lossy(valid);
+                let (line, column) = LineIndex::new(&lossy).position(valid.len());
                 return Err(PolicyError {
                     diagnostics: vec![error_at(line, column, "the file is not UTF-8 text")],
                 });
@@ -194,7 +200,7 @@ impl Policy {
             });
         }
         let mut reader = Reader {
-            text,
+            lines: LineIndex::new(text),
             diagnostics: Vec::new(),
         };
         let (root, syntax) = DeTable::parse_recoverable(text);
@@ -266,16 +272,31 @@ fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by_key(|d| (d.severity == Severity::Warning, d.line, d.column));
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn position(text: &str, offset: usize) -> (u32, u32) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
-    (
-        u32::try_from(line).unwrap_or(u32::MAX),
-        u32::try_from(column).unwrap_or(u32::MAX),
-    )
+/// Where each line of a text starts, to turn byte offsets into positions
+/// without rescanning the text for every diagnostic and entry.
+struct LineIndex<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (u32, u32) {
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let column = self.text.get(start..offset).map_or(0, |l| l.chars().count()) + 1;
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(column).unwrap_or(u32::MAX),
+        )
+    }
 }
 
 /// The parts of a document that validated.
@@ -288,7 +309,7 @@ struct Parts {
 
 /// Walks the parsed TOML, collecting every diagnostic.
 struct Reader<'t> {
-    text: &'t str,
+    lines: LineIndex<'t>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -296,12 +317,12 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 impl Reader<'_> {
     fn error(&mut self, at: usize, message: impl Into<String>) {
-        let (line, column) = position(self.text, at);
+        let (line, column) = self.lines.position(at);
         self.diagnostics.push(error_at(line, column, message));
     }
 
     fn warning(&mut self, at: usize, message: impl Into<String>) {
-        let (line, column) = position(self.text, at);
+        let (line, column) = self.lines.position(at);
         self.diagnostics.push(Diagnostic {
             severity: Severity::Warning,
             line,
@@ -603,7 +624,9 @@ impl Reader<'_> {
         for (host, at) in hosts?.unwrap_or_default() {
             match scope_host(&host) {
                 Ok(normal) => {
-                    scope.hosts.insert(normal.into());
+                    if scope.hosts.insert(normal.as_str().into()) {
+                        scope.host_list.push(normal.into());
+                    }
                 }
                 Err(message) => {
                     self.error(at, message);
@@ -669,7 +692,7 @@ impl Reader<'_> {
                     continue;
                 }
             };
-            let (line, _) = position(self.text, at);
+            let (line, _) = self.lines.position(at);
             if let Some(first) = seen.get(pattern.as_str()) {
                 let same = if text == pattern.as_str() {
                     String::new()
@@ -797,11 +820,17 @@ impl Scope {
     }
 
     fn covers_host(&self, authority: &str) -> bool {
-        if self.hosts.is_empty() || authority.is_empty() {
+        if self.host_list.is_empty() || authority.is_empty() {
             return true;
         }
         let host = split_host_port(authority).map_or(authority, |(h, _)| h);
         let host = host.strip_suffix('.').unwrap_or(host);
+        if self.host_list.len() <= SCANNED_SCOPE_HOSTS {
+            return self
+                .host_list
+                .iter()
+                .any(|h| h.len() == host.len() && h.eq_ignore_ascii_case(host));
+        }
         let mut buffer = [0u8; MAX_HOST_LEN + 2];
         let Some(lower) = buffer.get_mut(..host.len()) else {
             return false;

@@ -40,7 +40,7 @@ pub fn to_proto(decision: &Decision<'_>) -> pb::CheckOriginResponse {
             .response_headers
             .iter()
             .map(|h| pb::Header {
-                name: h.name.to_owned(),
+                name: h.name.as_str().to_owned(),
                 value: h.value.to_string(),
                 append: h.append,
             })

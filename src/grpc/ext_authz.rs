@@ -136,7 +136,7 @@ pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
             } else {
                 HeaderAppendAction::OverwriteIfExistsOrAdd
             };
-            ok.add_response_header(h.name, h.value.as_ref(), Some(action), false);
+            ok.add_response_header(h.name.as_str(), h.value.as_ref(), Some(action), false);
         }
         response.set_status(Status::ok("")).set_http_response(ok);
     } else {
@@ -148,7 +148,7 @@ pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
         denied.set_http_status(code);
         for h in &decision.response_headers {
             denied.add_header(
-                h.name,
+                h.name.as_str(),
                 h.value.as_ref(),
                 Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                 false,

@@ -32,7 +32,7 @@ fn decision_table() {
             headers: d
                 .response_headers
                 .iter()
-                .map(|h| (h.name.to_owned(), h.value.to_string(), h.append))
+                .map(|h| (h.name.as_str().to_owned(), h.value.to_string(), h.append))
                 .collect(),
             version: d.policy_version.to_owned(),
         })

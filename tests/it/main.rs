@@ -9,9 +9,11 @@
     reason = "tests fail by panicking"
 )]
 
+mod browser;
 mod cli;
 mod common;
 mod core_cases;
+mod envoy;
 mod no_alloc;
 mod properties;
 mod reload;

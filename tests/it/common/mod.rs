@@ -5,9 +5,28 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod envoy;
 pub mod serve;
 
 use serde::Deserialize;
+
+/// An end-to-end test's tool: the path in `variable`, else `default`. When
+/// it is missing, off CI the caller skips and this prints why; in CI
+/// (`CI=true`) the test fails.
+pub fn tool(variable: &str, default: PathBuf, how_to_get: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(variable).map_or(default, PathBuf::from);
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "no {} at {}: {how_to_get} (or set {variable})",
+        path.file_name().unwrap_or_default().display(),
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    println!("skipped: {why}");
+    None
+}
 
 /// Writes `text` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
