@@ -100,5 +100,31 @@ fn compiling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, compiling);
+/// The pieces of a decision, to see where its time goes.
+fn pieces(c: &mut Criterion) {
+    use corsd::core::origin::{RequestOrigin, parse_request_origin};
+    let policy = Policy::compile("bench", policy_text(10).as_bytes()).unwrap().policy;
+    let mut group = c.benchmark_group("pieces");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let origin = "https://nobody.example.org";
+    group.bench_function("parse_origin", |b| {
+        b.iter(|| parse_request_origin(black_box(origin)).is_ok())
+    });
+    let Ok(RequestOrigin::Tuple(tuple)) = parse_request_origin(origin) else {
+        unreachable!()
+    };
+    group.bench_function("allowlist_miss", |b| {
+        b.iter(|| policy.allowlist().find(black_box(&tuple)).is_some())
+    });
+    let mut no_origin = request(origin, "GET", None, &[]);
+    no_origin.origin = None;
+    group.bench_function("decide_no_origin", |b| {
+        b.iter(|| black_box(decide(&policy, black_box(&no_origin))).verdict)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, compiling, pieces);
 criterion_main!(benches);

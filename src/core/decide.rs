@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use arrayvec::ArrayVec;
 
 use super::allowlist::EntryIndex;
-use super::origin::{Malformed, OriginTuple, RequestOrigin, default_port, parse_request_origin, split_authority};
+use super::origin::{Malformed, OriginTuple, RequestOrigin, default_port, parse_request_origin, split_host_port};
 use super::policy::{CorsRules, Entry, FORBIDDEN_METHODS, Policy, is_token};
 
 /// Longest `Access-Control-Request-Headers` corsd reads, all lines together.
@@ -212,7 +212,12 @@ pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -
 }
 
 fn decide_into<'a, H: AsRef<str>>(decision: &mut Decision<'a>, policy: &'a Policy, request: &Request<'a, H>) {
-    if !policy.scope.covers(request.authority, request.path) {
+    // The target's host and port, read once for the scope and same-origin tests.
+    let target = split_host_port(request.authority);
+    if !policy
+        .scope
+        .covers(target.map_or(request.authority, |(host, _)| host), request.path)
+    {
         return;
     }
     let Some(origin_value) = request.origin else {
@@ -229,7 +234,7 @@ fn decide_into<'a, H: AsRef<str>>(decision: &mut Decision<'a>, policy: &'a Polic
             return deny(decision, Reason::OriginMalformed);
         }
     };
-    if is_same_origin(&origin, request) {
+    if is_same_origin(&origin, request.scheme, target) {
         decision.preflight = false;
         decision.reason = Reason::SameOrigin;
         push(decision, HeaderName::Vary, VARY_ORIGIN, true);
@@ -274,16 +279,18 @@ fn deny(decision: &mut Decision<'_>, reason: Reason) {
 
 /// The origin's scheme, host and port equal the target's (a missing port
 /// being the default of its own scheme). Unknown targets are never the same.
-fn is_same_origin<H>(origin: &OriginTuple<'_>, request: &Request<'_, H>) -> bool {
-    if request.scheme.is_empty() || request.authority.is_empty() {
-        return false;
-    }
-    let Some((host, port)) = split_authority(request.authority) else {
+fn is_same_origin(origin: &OriginTuple<'_>, scheme: &str, target: Option<(&str, Option<&str>)>) -> bool {
+    let Some((host, port)) = target else {
         return false;
     };
-    origin.scheme.eq_ignore_ascii_case(request.scheme)
-        && origin.host.eq_ignore_ascii_case(host)
-        && origin.port.or_else(|| default_port(origin.scheme)) == port.or_else(|| default_port(request.scheme))
+    if scheme.is_empty() || host.is_empty() || !origin.host.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    let port = match port {
+        Some(digits) => digits.parse::<u16>().ok(),
+        None => default_port(scheme),
+    };
+    origin.scheme.eq_ignore_ascii_case(scheme) && origin.port.or_else(|| default_port(origin.scheme)) == port
 }
 
 fn allow_actual<'a>(decision: &mut Decision<'a>, rules: &'a CorsRules, origin: &'a str) {

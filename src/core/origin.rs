@@ -327,16 +327,6 @@ pub(crate) fn dotted_quad(text: &str) -> Option<[u8; 4]> {
     parts.next().is_none().then_some(octets)
 }
 
-/// Splits a target authority (`host[:port]`) into its host and effective
-/// port, for the same-origin test. `None` when it cannot be read.
-pub(crate) fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = split_host_port(authority)?;
-    match port {
-        None => Some((host, None)),
-        Some(digits) => Some((host, Some(digits.parse::<u16>().ok()?))),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod reference {
     //! The request-origin grammar in its plainest form, several passes over

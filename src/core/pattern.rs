@@ -153,15 +153,21 @@ impl FromStr for OriginPattern {
                 "remove `{userinfo}@`: an origin has no user name or password"
             )));
         }
-        match scheme.to_ascii_lowercase().as_str() {
-            "https" => parse_web(WebScheme::Https, rest),
-            "http" => parse_web(WebScheme::Http, rest),
-            "chrome-extension" => parse_chrome_extension(rest),
-            "moz-extension" => parse_moz_extension(rest),
-            other => Err(PatternError::new(format!(
-                "the scheme `{other}` is not allowed: use `https` (`http` only for localhost, \
-                 `chrome-extension` or `moz-extension` for browser extensions)"
-            ))),
+        let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+        if is("https") {
+            parse_web(WebScheme::Https, rest)
+        } else if is("http") {
+            parse_web(WebScheme::Http, rest)
+        } else if is("chrome-extension") {
+            parse_chrome_extension(rest)
+        } else if is("moz-extension") {
+            parse_moz_extension(rest)
+        } else {
+            Err(PatternError::new(format!(
+                "the scheme `{}` is not allowed: use `https` (`http` only for localhost, \
+                 `chrome-extension` or `moz-extension` for browser extensions)",
+                scheme.to_ascii_lowercase()
+            )))
         }
     }
 }
@@ -390,13 +396,13 @@ fn normalize_wildcard_base(base: &str, host: &str) -> Result<String, PatternErro
 /// Converts a host name to its ASCII form and checks it as a DNS name or a
 /// dotted-quad IPv4 address.
 fn normalize_name(host: &str) -> Result<String, PatternError> {
-    let ascii = idna::domain_to_ascii_cow(host.as_bytes(), AsciiDenyList::URL)
-        .map_err(|_| PatternError::new(format!(
+    let ascii = idna::domain_to_ascii_cow(host.as_bytes(), AsciiDenyList::URL).map_err(|_| {
+        PatternError::new(format!(
             "`{host}` is not a valid domain name: it fails the URL standard's IDNA conversion (check the punycode of `xn--` labels)"
-        )))?
-        .into_owned();
+        ))
+    })?;
     match check_dns_name(&ascii) {
-        Ok(NameKind::Domain | NameKind::Ipv4(_)) => Ok(ascii),
+        Ok(NameKind::Domain | NameKind::Ipv4(_)) => Ok(ascii.into_owned()),
         Err(error) => Err(name_error(host, &ascii, error)),
     }
 }

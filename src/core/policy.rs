@@ -248,6 +248,11 @@ impl Policy {
         &self.source
     }
 
+    /// The compiled allowlist index.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allowlist
+    }
+
     /// The entries, in file order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -396,8 +401,13 @@ impl Reader<'_> {
     }
 
     fn string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
+        self.str(value, name).map(str::to_owned)
+    }
+
+    /// A string value, borrowed from the parsed document.
+    fn str<'v>(&mut self, value: &'v Value<'_>, name: &str) -> Option<&'v str> {
         match value.get_ref() {
-            DeValue::String(s) => Some(s.to_string()),
+            DeValue::String(s) => Some(s),
             other => {
                 self.error(
                     value.span().start,
@@ -646,7 +656,7 @@ impl Reader<'_> {
         ok.then_some(scope)
     }
 
-    fn entries(&mut self, value: Option<&Value<'_>>) -> Option<Vec<Entry>> {
+    fn entries<'v>(&mut self, value: Option<&'v Value<'_>>) -> Option<Vec<Entry>> {
         let Some(value) = value else {
             return Some(Vec::new());
         };
@@ -657,8 +667,7 @@ impl Reader<'_> {
             );
             return None;
         };
-        let mut entries = Vec::with_capacity(items.len());
-        let mut seen: HashMap<String, u32> = HashMap::with_capacity(items.len());
+        let mut entries: Vec<(Entry, &'v str, usize)> = Vec::with_capacity(items.len());
         let mut ok = true;
         for item in items.iter() {
             let DeValue::Table(table) = item.get_ref() else {
@@ -680,7 +689,7 @@ impl Reader<'_> {
                 continue;
             };
             let at = origin.span().start;
-            let Some(text) = self.string(origin, "origin") else {
+            let Some(text) = self.str(origin, "origin") else {
                 ok = false;
                 continue;
             };
@@ -693,23 +702,36 @@ impl Reader<'_> {
                 }
             };
             let (line, _) = self.lines.position(at);
-            if let Some(first) = seen.get(pattern.as_str()) {
-                let same = if text == pattern.as_str() {
-                    String::new()
-                } else {
-                    format!(" (`{text}` normalises to `{pattern}`)")
-                };
-                self.warning(at, format!("`{pattern}` repeats the entry on line {first}{same}"));
-            } else {
-                seen.insert(pattern.as_str().to_owned(), line);
-            }
             let Some(note) = note else {
                 ok = false;
                 continue;
             };
-            entries.push(Entry { pattern, note, line });
+            entries.push((Entry { pattern, note, line }, text, at));
         }
-        ok.then_some(entries)
+        self.warn_duplicates(&entries);
+        ok.then(|| entries.into_iter().map(|(entry, _, _)| entry).collect())
+    }
+}
+
+impl Reader<'_> {
+    /// Warns of entries that normalise to an origin already listed.
+    fn warn_duplicates(&mut self, entries: &[(Entry, &str, usize)]) {
+        let mut first_lines: HashMap<&str, u32, RandomState> =
+            HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
+        for (entry, text, at) in entries {
+            let pattern = &entry.pattern;
+            let Some(first) = first_lines.get(pattern.as_str()) else {
+                first_lines.insert(pattern.as_str(), entry.line);
+                continue;
+            };
+            let same = if *text == pattern.as_str() {
+                String::new()
+            } else {
+                format!(" (`{text}` normalises to `{pattern}`)")
+            };
+            let message = format!("`{pattern}` repeats the entry on line {first}{same}");
+            self.warning(*at, message);
+        }
     }
 }
 
@@ -812,24 +834,24 @@ fn scope_path(path: &str) -> Result<String, String> {
 }
 
 impl Scope {
-    /// Whether the allowlist governs a request to `authority` and `path`.
-    /// An empty authority or path (the gateway did not say) counts as in
-    /// scope: applying the allowlist is the stricter choice.
-    pub(crate) fn covers(&self, authority: &str, path: &str) -> bool {
-        self.covers_host(authority) && self.covers_path(path)
+    /// Whether the allowlist governs a request to `host` (the target's,
+    /// without port) and `path`. An empty host or path (the gateway did not
+    /// say) counts as in scope: applying the allowlist is the stricter choice.
+    pub(crate) fn covers(&self, host: &str, path: &str) -> bool {
+        self.covers_host(host) && self.covers_path(path)
     }
 
-    fn covers_host(&self, authority: &str) -> bool {
-        if self.host_list.is_empty() || authority.is_empty() {
+    fn covers_host(&self, host: &str) -> bool {
+        if self.host_list.is_empty() || host.is_empty() {
             return true;
         }
-        let host = split_host_port(authority).map_or(authority, |(h, _)| h);
         let host = host.strip_suffix('.').unwrap_or(host);
         if self.host_list.len() <= SCANNED_SCOPE_HOSTS {
+            // Gateways mostly pass the host in lowercase: compare bytes first.
             return self
                 .host_list
                 .iter()
-                .any(|h| h.len() == host.len() && h.eq_ignore_ascii_case(host));
+                .any(|h| **h == *host || h.eq_ignore_ascii_case(host));
         }
         let mut buffer = [0u8; MAX_HOST_LEN + 2];
         let Some(lower) = buffer.get_mut(..host.len()) else {
