@@ -172,9 +172,21 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
             return;
         }
     };
+    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
     let source = shown.clone();
-    let compiled = tokio::task::spawn_blocking(move || Policy::compile(&source, &bytes)).await;
+    let compiled = tokio::task::spawn_blocking(move || {
+        let compiling = Instant::now();
+        (
+            Policy::compile(&source, &bytes),
+            compiling.elapsed().as_secs_f64() * 1000.0,
+        )
+    })
+    .await;
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (compiled, compile_ms) = match compiled {
+        Ok((compiled, compile_ms)) => (Ok(compiled), compile_ms),
+        Err(join) => (Err(join), 0.0),
+    };
     match compiled {
         Ok(Ok(compiled)) => {
             for warning in &compiled.warnings {
@@ -193,6 +205,8 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 version,
                 previous = in_force.policy.version(),
                 entries,
+                read_ms,
+                compile_ms,
                 took_ms,
                 "policy swapped in"
             );

@@ -8,6 +8,7 @@
 //! [domain to ASCII](https://url.spec.whatwg.org/#concept-domain-to-ascii) does.
 //! This module parses single patterns; the index lives in `allowlist`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
@@ -262,7 +263,7 @@ fn parse_web(scheme: WebScheme, authority: &str) -> Result<OriginPattern, Patter
     .filter(|&p| p != scheme.default_port());
 
     let (host, wildcard) = if host.starts_with('[') {
-        (normalize_ipv6(host)?, false)
+        (Cow::Owned(normalize_ipv6(host)?), false)
     } else if let Some(base) = host.strip_prefix("*.") {
         (normalize_wildcard_base(base, host)?, true)
     } else if host.contains('*') {
@@ -272,7 +273,11 @@ fn parse_web(scheme: WebScheme, authority: &str) -> Result<OriginPattern, Patter
     };
 
     if scheme == WebScheme::Http && !is_local_development_host(&host) {
-        let shown = if wildcard { format!("*.{host}") } else { host.clone() };
+        let shown = if wildcard {
+            format!("*.{host}")
+        } else {
+            host.to_string()
+        };
         return Err(PatternError::new(format!(
             "`http` is allowed only for localhost and loopback addresses: write `https://{shown}`"
         )));
@@ -284,7 +289,7 @@ fn parse_web(scheme: WebScheme, authority: &str) -> Result<OriginPattern, Patter
     let kind = if wildcard {
         PatternKind::Subdomains {
             scheme,
-            base: host.into_boxed_str(),
+            base: host.into(),
             port,
         }
     } else {
@@ -368,7 +373,7 @@ fn misplaced_wildcard(host: &str) -> PatternError {
     ))
 }
 
-fn normalize_wildcard_base(base: &str, host: &str) -> Result<String, PatternError> {
+fn normalize_wildcard_base<'h>(base: &'h str, host: &str) -> Result<Cow<'h, str>, PatternError> {
     if base.contains('*') {
         return Err(misplaced_wildcard(host));
     }
@@ -395,16 +400,33 @@ fn normalize_wildcard_base(base: &str, host: &str) -> Result<String, PatternErro
 
 /// Converts a host name to its ASCII form and checks it as a DNS name or a
 /// dotted-quad IPv4 address.
-fn normalize_name(host: &str) -> Result<String, PatternError> {
+fn normalize_name(host: &str) -> Result<Cow<'_, str>, PatternError> {
+    // Lowercase ASCII letters, digits, `-`, `_` and `.` map to themselves
+    // under UTS #46, and only `xn--` labels need decoding: skip the
+    // conversion for the names most policies hold.
+    let plain = host
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && !host.split('.').any(|label| label.starts_with("xn--"));
+    let ascii = if plain {
+        Cow::Borrowed(host)
+    } else {
+        idna_to_ascii(host)?
+    };
+    match check_dns_name(&ascii) {
+        Ok(NameKind::Domain | NameKind::Ipv4(_)) => Ok(ascii),
+        Err(error) => Err(name_error(host, &ascii, error)),
+    }
+}
+
+/// The URL standard's domain to ASCII (UTS #46, nontransitional, hyphens unchecked).
+fn idna_to_ascii(host: &str) -> Result<Cow<'_, str>, PatternError> {
     let ascii = idna::domain_to_ascii_cow(host.as_bytes(), AsciiDenyList::URL).map_err(|_| {
         PatternError::new(format!(
             "`{host}` is not a valid domain name: it fails the URL standard's IDNA conversion (check the punycode of `xn--` labels)"
         ))
     })?;
-    match check_dns_name(&ascii) {
-        Ok(NameKind::Domain | NameKind::Ipv4(_)) => Ok(ascii.into_owned()),
-        Err(error) => Err(name_error(host, &ascii, error)),
-    }
+    Ok(ascii)
 }
 
 fn name_error(host: &str, ascii: &str, error: NameError) -> PatternError {
@@ -481,6 +503,16 @@ mod tests {
         assert_eq!(norm("https://example.com."), "https://example.com.");
         assert_eq!(norm("https://*.Example.co.uk"), "https://*.example.co.uk");
         assert_eq!(norm("http://127.0.0.2:3000"), "http://127.0.0.2:3000");
+    }
+
+    proptest::proptest! {
+        /// Skipping IDNA for plain lowercase names changes nothing.
+        #[test]
+        fn plain_names_are_their_own_ascii_form(name in "[a-z0-9_.-]{1,30}") {
+            proptest::prop_assume!(!name.split('.').any(|l| l.starts_with("xn--")));
+            let converted = idna_to_ascii(&name).map(|c| c.into_owned()).ok();
+            proptest::prop_assert_eq!(converted.as_deref(), Some(name.as_str()));
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! here, once, so deciding a request only borrows them. This module reads
 //! text handed to it; it never opens files.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -213,16 +214,26 @@ impl Policy {
             return Err(reader.into_error());
         }
         let document = reader.document(root.get_ref());
-        match document {
-            Some(parts) if !reader.has_errors() => {
-                let allowlist = Allowlist::build(parts.entries.iter().map(|e| &e.pattern));
+        // The parsed tree is the bulk of a compile's memory: free it before
+        // the index is built, so the index can reuse that memory.
+        drop(root);
+        let Parts {
+            label,
+            cors,
+            scope,
+            entries,
+        } = document;
+        let entries = entries.and_then(|raw| reader.patterns(raw));
+        match (cors, scope, entries) {
+            (Some(cors), Some(scope), Some(entries)) if !reader.has_errors() => {
+                let allowlist = Allowlist::build(entries.iter().map(|e| &e.pattern));
                 let policy = Policy {
                     version,
-                    label: parts.label,
+                    label,
                     source: source.to_owned(),
-                    cors: parts.cors,
-                    scope: parts.scope,
-                    entries: parts.entries,
+                    cors,
+                    scope,
+                    entries,
                     allowlist,
                 };
                 let mut warnings = reader.diagnostics;
@@ -305,11 +316,19 @@ impl<'t> LineIndex<'t> {
 }
 
 /// The parts of a document that validated.
-struct Parts {
+struct Parts<'i> {
     label: String,
-    cors: CorsRules,
-    scope: Scope,
-    entries: Vec<Entry>,
+    cors: Option<CorsRules>,
+    scope: Option<Scope>,
+    entries: Option<Vec<RawEntry<'i>>>,
+}
+
+/// An entry as the file writes it, before its pattern is parsed.
+struct RawEntry<'i> {
+    text: Cow<'i, str>,
+    /// Byte offset of the `origin` value.
+    at: usize,
+    note: Cow<'i, str>,
 }
 
 /// Walks the parsed TOML, collecting every diagnostic.
@@ -366,7 +385,7 @@ impl Reader<'_> {
         }
     }
 
-    fn document(&mut self, root: &DeTable<'_>) -> Option<Parts> {
+    fn document<'i>(&mut self, root: &DeTable<'i>) -> Parts<'i> {
         self.unknown_keys(root, "the file", &["label", "cors", "scope", "entries"]);
         let label = match root.get("label") {
             Some(v) => self.string(v, "label").unwrap_or_default(),
@@ -378,12 +397,12 @@ impl Reader<'_> {
         let scope = self.table(root.get("scope"), "scope").unwrap_or(&empty);
         let scope = self.scope(scope);
         let entries = self.entries(root.get("entries"));
-        Some(Parts {
+        Parts {
             label,
-            cors: cors?,
-            scope: scope?,
-            entries: entries?,
-        })
+            cors,
+            scope,
+            entries,
+        }
     }
 
     fn table<'a, 'i>(&mut self, value: Option<&'a Value<'i>>, name: &str) -> Option<&'a DeTable<'i>> {
@@ -402,6 +421,20 @@ impl Reader<'_> {
 
     fn string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
         self.str(value, name).map(str::to_owned)
+    }
+
+    /// A string value, borrowing the file's text where the value has no escapes.
+    fn cow<'i>(&mut self, value: &Value<'i>, name: &str) -> Option<Cow<'i, str>> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.clone()),
+            other => {
+                self.error(
+                    value.span().start,
+                    format!("`{name}` must be a string, not {}", kind(other)),
+                );
+                None
+            }
+        }
     }
 
     /// A string value, borrowed from the parsed document.
@@ -656,7 +689,9 @@ impl Reader<'_> {
         ok.then_some(scope)
     }
 
-    fn entries<'v>(&mut self, value: Option<&'v Value<'_>>) -> Option<Vec<Entry>> {
+    /// The entries' texts, still unchecked. They borrow the file's text, not
+    /// the parsed tree, so the tree can be freed before any pattern is built.
+    fn entries<'i>(&mut self, value: Option<&Value<'i>>) -> Option<Vec<RawEntry<'i>>> {
         let Some(value) = value else {
             return Some(Vec::new());
         };
@@ -667,7 +702,7 @@ impl Reader<'_> {
             );
             return None;
         };
-        let mut entries: Vec<(Entry, &'v str, usize)> = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
         let mut ok = true;
         for item in items.iter() {
             let DeValue::Table(table) = item.get_ref() else {
@@ -677,8 +712,8 @@ impl Reader<'_> {
             };
             self.unknown_keys(table, "an entry", &["origin", "note"]);
             let note = match table.get("note") {
-                Some(v) => self.string(v, "note"),
-                None => Some(String::new()),
+                Some(v) => self.cow(v, "note"),
+                None => Some(Cow::Borrowed("")),
             };
             let Some(origin) = table.get("origin") else {
                 self.error(
@@ -688,43 +723,58 @@ impl Reader<'_> {
                 ok = false;
                 continue;
             };
-            let at = origin.span().start;
-            let Some(text) = self.str(origin, "origin") else {
-                ok = false;
-                continue;
-            };
-            let pattern = match text.parse::<OriginPattern>() {
-                Ok(p) => p,
-                Err(e) => {
-                    self.error(at, format!("invalid origin `{text}`: {e}"));
-                    ok = false;
-                    continue;
-                }
-            };
-            let (line, _) = self.lines.position(at);
-            let Some(note) = note else {
-                ok = false;
-                continue;
-            };
-            entries.push((Entry { pattern, note, line }, text, at));
+            match (self.cow(origin, "origin"), note) {
+                (Some(text), Some(note)) => entries.push(RawEntry {
+                    text,
+                    at: origin.span().start,
+                    note,
+                }),
+                _ => ok = false,
+            }
         }
-        self.warn_duplicates(&entries);
-        ok.then(|| entries.into_iter().map(|(entry, _, _)| entry).collect())
+        ok.then_some(entries)
+    }
+
+    /// Parses and normalises the entries' patterns, reporting each refusal.
+    fn patterns(&mut self, raw: Vec<RawEntry<'_>>) -> Option<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut ok = true;
+        for RawEntry { text, at, note } in &raw {
+            match text.parse::<OriginPattern>() {
+                Ok(pattern) => {
+                    let (line, _) = self.lines.position(*at);
+                    entries.push(Entry {
+                        pattern,
+                        note: note.clone().into_owned(),
+                        line,
+                    });
+                }
+                Err(e) => {
+                    self.error(*at, format!("invalid origin `{text}`: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        self.warn_duplicates(&entries, &raw);
+        Some(entries)
     }
 }
 
 impl Reader<'_> {
     /// Warns of entries that normalise to an origin already listed.
-    fn warn_duplicates(&mut self, entries: &[(Entry, &str, usize)]) {
+    fn warn_duplicates(&mut self, entries: &[Entry], raw: &[RawEntry<'_>]) {
         let mut first_lines: HashMap<&str, u32, RandomState> =
             HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
-        for (entry, text, at) in entries {
+        for (entry, RawEntry { text, at, .. }) in entries.iter().zip(raw) {
             let pattern = &entry.pattern;
             let Some(first) = first_lines.get(pattern.as_str()) else {
                 first_lines.insert(pattern.as_str(), entry.line);
                 continue;
             };
-            let same = if *text == pattern.as_str() {
+            let same = if text == pattern.as_str() {
                 String::new()
             } else {
                 format!(" (`{text}` normalises to `{pattern}`)")

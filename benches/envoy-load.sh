@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The Envoy path, measured: one Envoy process, four listeners that forward the
+# same request (an allowed cross-origin GET) to a fifth listener that answers
+# with a direct response (Envoy's CORS filter needs a routed request):
+#   none    no CORS at all (the floor of the proxy)
+#   native  Envoy's own CORS filter with an equivalent policy
+#   corsd   ext_authz to corsd (the shipped configuration's filter)
+#   null    ext_authz to a server that decides nothing (the floor of ext_authz)
+# driven by wrk, interleaved none/native/corsd/null then in reverse, ROUNDS
+# times. Every response is checked: wrk's non-2xx count must be zero, and each
+# listener is probed once for the CORS header it must (or must not) send.
+#
+#   benches/envoy-load.sh            # ENTRIES=100 SECS=5 ROUNDS=2 CONNS=32
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+entries="${ENTRIES:-100}"
+secs="${SECS:-5}"
+rounds="${ROUNDS:-2}"
+conns="${CONNS:-32}"
+
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+cargo build --release --quiet --bin corsd --example load
+envoy=$(scripts/fetch-envoy)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+[[ -n "${KEEP:-}" ]] && trap "for p in \"\${pids[@]}\"; do kill \$p; done; echo kept \$work" EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+p_none=$(free_port); p_native=$(free_port); p_corsd=$(free_port); p_null=$(free_port)
+p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_admin=$(free_port); p_up=$(free_port)
+
+# The policy: ENTRIES exact origins; the request's origin is the middle one.
+{
+  echo '[cors]'
+  echo 'allow_headers = ["content-type", "x-requested-with"]'
+  echo 'expose_headers = ["x-request-id"]'
+  for ((i = 0; i < entries; i++)); do printf '[[entries]]\norigin = "https://app-%d.example.com"\n' "$i"; done
+} > "$work/policy.toml"
+origin="https://app-$((entries / 2)).example.com"
+
+target/release/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_corsd_grpc" 2>"$work/corsd.log" &
+pids+=($!)
+target/release/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && break; sleep 0.1; done
+grep -q "corsd listening" "$work/corsd.log" || { echo "corsd did not start:" >&2; cat "$work/corsd.log" >&2; exit 1; }
+
+matchers=$(for ((i = 0; i < entries; i++)); do printf '                  - exact: "https://app-%d.example.com"\n' "$i"; done)
+
+upstream_listener() {
+  cat <<YAML
+  - name: upstream
+    address: { socket_address: { address: 127.0.0.1, port_value: $p_up } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: upstream
+          route_config:
+            virtual_hosts:
+            - name: upstream
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "{\"ok\":true}" } }
+                response_headers_to_add:
+                - header: { key: x-request-id, value: req-1 }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+YAML
+}
+
+listener() { # name port filters-yaml
+  cat <<YAML
+  - name: listener_$1
+    address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: listener_$1
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: upstream }
+$( [[ $1 == native ]] && cat <<NATIVE
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match:
+$(echo "$matchers" | sed 's/^/  /')
+                  allow_methods: "GET, HEAD, POST, PUT, PATCH, DELETE"
+                  allow_headers: "content-type, x-requested-with"
+                  expose_headers: "x-request-id"
+                  allow_credentials: true
+                  max_age: "600"
+NATIVE
+)
+          http_filters:
+$3
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+YAML
+}
+authz() { # cluster
+  cat <<YAML
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: { envoy_grpc: { cluster_name: $1 }, timeout: 0.25s }
+              failure_mode_allow: false
+YAML
+}
+cluster() { # name port
+  cat <<YAML
+  - name: $1
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: $1
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $2 } } } }] }]
+YAML
+}
+native_filter='          - name: envoy.filters.http.cors
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }'
+{
+  echo "static_resources:"
+  echo "  listeners:"
+  listener none "$p_none" ""
+  listener native "$p_native" "$native_filter"
+  listener corsd "$p_corsd" "$(authz corsd)"
+  listener null "$p_null" "$(authz noop_authz)"
+  upstream_listener
+  echo "  clusters:"
+  echo "  - name: upstream"
+  echo "    type: STATIC"
+  echo "    load_assignment: { cluster_name: upstream, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $p_up } } } }] }] }"
+  cluster corsd "$p_corsd_grpc"
+  cluster noop_authz "$p_null_grpc"
+  echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $p_admin } } }"
+} > "$work/envoy.yaml"
+
+"$envoy" -c "$work/envoy.yaml" --concurrency 1 --log-level warn --base-id "$p_admin" 2>"$work/envoy.log" &
+pids+=($!)
+ready=""
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p_admin/ready" >/dev/null 2>&1 && ready=1 && break; sleep 0.1; done
+[[ -n $ready ]] || { echo "envoy did not start:" >&2; tail -5 "$work/envoy.log" >&2; exit 1; }
+
+path=/services/data/v60.0/query
+echo "Envoy $("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*'), $entries-entry policy, wrk 1 thread x $conns connections, ${secs}s runs, origin $origin"
+for name in none native corsd null; do
+  port_var="p_$name"
+  probe=$(curl -s -D - -o /dev/null -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path" | tr -d '\r')
+  acao=$(grep -i '^access-control-allow-origin:' <<<"$probe" | cut -d' ' -f2 || true)
+  case $name in
+    native|corsd) [[ $acao == "$origin" ]] || { echo "$name: no Access-Control-Allow-Origin:" >&2; echo "$probe" >&2; exit 1; } ;;
+    *) [[ -z $acao ]] || { echo "$name: unexpected Access-Control-Allow-Origin" >&2; exit 1; } ;;
+  esac
+done
+
+declare -A total=()
+run() { # name
+  local port_var="p_$1" out rps
+  out=$(wrk -t1 -c"$conns" -d"${secs}s" -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
+  if grep -q "Non-2xx" <<<"$out"; then echo "$1: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  printf '  %-7s %10.0f req/s\n' "$1" "$rps"
+  total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
+}
+for ((r = 0; r < rounds; r++)); do
+  for name in none native corsd null null corsd native none; do run "$name"; done
+done
+ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
+echo "summary:"
+echo "  corsd / native CORS filter   $(ratio corsd native)  (goal >= 0.65)"
+echo "  corsd / null ext_authz       $(ratio corsd null)  (goal >= 0.95: the decision adds <= 5%)"
+echo "  native / none                $(ratio native none)"
+echo "  corsd / none                 $(ratio corsd none)"

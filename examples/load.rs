@@ -1,0 +1,632 @@
+//! corsd's load harness. Measures, in one run and interleaved A/B/B/A against
+//! a 10k-entry policy on a real `corsd serve` process:
+//!
+//! - throughput of `CheckOrigin` and of ext_authz `Check` against
+//!   `grpc.health.v1.Health/Check` on the same server (the floor of a gRPC call),
+//! - the server's CPU time per call (from `/proc/PID/stat`),
+//! - latency p50/p99 at a fixed moderate rate, and the handlers' own time,
+//! - a 100k-entry policy compiled and swapped in while calls run (its compile
+//!   time and the p99 around the swap), and resident memory at 10k, 100k, 1M.
+//!
+//! Every answer is checked (gRPC status and decision). Every loop is bounded
+//! in time and count, and all traffic stays on 127.0.0.1.
+//!
+//!     cargo build --release && cargo run --release --example load
+//!     cargo run --release --example load -- --smoke          # a few seconds
+//!     cargo run --release --example load -- null-authz --listen 127.0.0.1:50052
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a harness fails loudly"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
+use corsd::grpc::pb::{CheckOriginRequest, Verdict};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// The corsd binary to run.
+    #[arg(long, default_value = "target/release/corsd")]
+    corsd: PathBuf,
+    /// Entries in the policy under load.
+    #[arg(long, default_value_t = 10_000)]
+    entries: usize,
+    /// Seconds per throughput phase.
+    #[arg(long, default_value_t = 3.0)]
+    phase_secs: f64,
+    /// A/B/B/A rounds per comparison.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Calls in flight in the throughput phases.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the calls share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls per second in the latency phases.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Skip the 1M-entry memory reading (it takes a few seconds to compile).
+    #[arg(long)]
+    no_million: bool,
+    /// A few seconds in all: to check the harness still works.
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Serve an ext_authz that decides nothing (always OK, no headers): the
+    /// floor an ext_authz server cannot go below, for the Envoy comparison.
+    NullAuthz {
+        #[arg(long, default_value = "127.0.0.1:50052")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// A policy of `n` entries, half exact, half wildcards, like the criterion bench.
+fn policy_text(n: usize) -> String {
+    let mut text = String::with_capacity(n * 48);
+    text.push_str("label = \"load\"\n[scope]\nhosts = [\"api.example.com\"]\n");
+    for i in 0..n {
+        if i % 2 == 0 {
+            text.push_str(&format!("[[entries]]\norigin = \"https://app-{i}.example.com\"\n"));
+        } else {
+            text.push_str(&format!("[[entries]]\norigin = \"https://*.t{i}.example.net\"\n"));
+        }
+    }
+    text
+}
+
+/// The origins the calls cycle through, with the verdict each must get:
+/// exact hits, wildcard hits and misses.
+fn origins(n: usize) -> Vec<(String, Verdict)> {
+    let mut out = Vec::new();
+    for k in 0..64 {
+        let i = (k * 7919) % n.max(2);
+        let (exact, wild) = (i & !1, i | 1);
+        out.push((format!("https://app-{exact}.example.com"), Verdict::Allow));
+        if wild < n {
+            out.push((format!("https://x.t{wild}.example.net"), Verdict::Allow));
+        }
+        out.push((format!("https://nobody-{k}.example.org"), Verdict::Deny));
+    }
+    out
+}
+
+fn check_origin_request(origin: &str) -> CheckOriginRequest {
+    CheckOriginRequest {
+        origin: Some(origin.to_owned()),
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "api.example.com".into(),
+        path: "/services/data/v60.0/query".into(),
+        ..Default::default()
+    }
+}
+
+fn authz_request(origin: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    headers: HashMap::from([("origin".to_owned(), origin.to_owned())]),
+                    host: "api.example.com".into(),
+                    path: "/services/data/v60.0/query".into(),
+                    scheme: "https".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A running `corsd serve`.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(binary: &Path, policy: &Path) -> Server {
+        let mut child = Command::new(binary)
+            .args(["serve", "--policy", policy.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e} (cargo build --release first)", binary.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let addr = loop {
+            let found = log.lock().unwrap().iter().find_map(|l| {
+                let at = l.find("addr=")? + 5;
+                Some(l[at..].split_whitespace().next()?.to_owned())
+            });
+            if let Some(addr) = found {
+                break addr;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "corsd did not start: {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Server { child, addr, log }
+    }
+
+    /// User + system CPU time of the server process so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
+    /// Resident memory of the server process, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+    /// Waits for the log line of the swap to `version`; returns its
+    /// `compile_ms` and `took_ms` (read, compile and swap).
+    fn wait_swap(&self, version: &str, limit: Duration) -> (f64, f64) {
+        let field = |line: &str, name: &str| -> Option<f64> {
+            line.split(&format!("{name}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let started = Instant::now();
+        loop {
+            let took = self.log.lock().unwrap().iter().find_map(|l| {
+                (l.contains("policy swapped in") && l.contains(version))
+                    .then(|| Some((field(l, "compile_ms")?, field(l, "took_ms")?)))
+                    .flatten()
+            });
+            if let Some(took) = took {
+                return took;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no swap to {version}: {:?}",
+                self.log.lock().unwrap().last()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Health,
+    CheckOrigin,
+    ExtAuthz,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Health => "Health/Check",
+            Kind::CheckOrigin => "CheckOrigin",
+            Kind::ExtAuthz => "ext_authz Check",
+        }
+    }
+}
+
+/// One call of `kind`, checked: `Err` says what was wrong with the answer.
+async fn call(kind: Kind, channel: &Channel, origin: &(String, Verdict)) -> Result<(), String> {
+    match kind {
+        Kind::Health => {
+            let r = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: "corsd.v1.CorsPolicy".into(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            (r.get_ref().status == 1)
+                .then_some(())
+                .ok_or_else(|| format!("health {:?}", r.get_ref()))
+        }
+        Kind::CheckOrigin => {
+            let r = CorsPolicyClient::new(channel.clone())
+                .check_origin(check_origin_request(&origin.0))
+                .await
+                .map_err(|e| e.to_string())?;
+            (r.get_ref().verdict == origin.1 as i32)
+                .then_some(())
+                .ok_or_else(|| format!("{}: {:?}", origin.0, r.get_ref()))
+        }
+        Kind::ExtAuthz => {
+            let r: CheckResponse = AuthorizationClient::new(channel.clone())
+                .check(authz_request(&origin.0))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let code = r.status.as_ref().map_or(-1, |s| s.code);
+            let want = if origin.1 == Verdict::Allow { 0 } else { 7 };
+            (code == want)
+                .then_some(())
+                .ok_or_else(|| format!("{}: status {code}", origin.0))
+        }
+    }
+}
+
+struct Phase {
+    calls: u64,
+    secs: f64,
+    cpu: Duration,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.secs
+    }
+}
+
+/// Closed loop: `concurrency` callers for `secs` (and at most 50M calls).
+async fn throughput(
+    server: &Server,
+    channels: &[Channel],
+    kind: Kind,
+    secs: f64,
+    concurrency: usize,
+    origins: &Arc<Vec<(String, Verdict)>>,
+) -> Phase {
+    let calls = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = server.cpu();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let channel = channels[i % channels.len()].clone();
+        let (calls, stop, origins) = (calls.clone(), stop.clone(), origins.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut k = i;
+            while !stop.load(Ordering::Relaxed) && calls.load(Ordering::Relaxed) < 50_000_000 {
+                if let Err(e) = call(kind, &channel, &origins[k % origins.len()]).await {
+                    panic!("{}: wrong answer: {e}", kind.name());
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+                k += concurrency;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Phase {
+        calls: calls.load(Ordering::Relaxed),
+        secs,
+        cpu: server.cpu() - cpu_before,
+    }
+}
+
+/// A/B/B/A rounds of `a` against `b`; returns (a phases, b phases).
+async fn interleaved(
+    server: &Server,
+    channels: &[Channel],
+    a: Kind,
+    b: Kind,
+    args: &Args,
+    origins: &Arc<Vec<(String, Verdict)>>,
+) -> (Vec<Phase>, Vec<Phase>) {
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        for kind in [a, b, b, a] {
+            let phase = throughput(server, channels, kind, args.phase_secs, args.concurrency, origins).await;
+            println!(
+                "  {:<16} {:>9.0} calls/s  {:>6.2} us CPU/call",
+                kind.name(),
+                phase.rate(),
+                cpu_per_call(&phase)
+            );
+            if kind == a { pa.push(phase) } else { pb.push(phase) }
+        }
+    }
+    (pa, pb)
+}
+
+fn cpu_per_call(p: &Phase) -> f64 {
+    p.cpu.as_secs_f64() * 1e6 / p.calls.max(1) as f64
+}
+
+fn total_rate(phases: &[Phase]) -> f64 {
+    phases.iter().map(|p| p.calls as f64).sum::<f64>() / phases.iter().map(|p| p.secs).sum::<f64>()
+}
+
+fn total_cpu(phases: &[Phase]) -> f64 {
+    phases.iter().map(|p| p.cpu.as_secs_f64()).sum::<f64>() * 1e6
+        / phases.iter().map(|p| p.calls).sum::<u64>().max(1) as f64
+}
+
+/// Open loop at `rate` calls/s for `secs`: calls start on schedule whether or
+/// not earlier ones have returned. Latency is from each call's start to its
+/// answer (tokio's timer wakes to the millisecond, too coarse to measure from).
+async fn fixed_rate(
+    channels: &[Channel],
+    kind: Kind,
+    rate: u64,
+    secs: f64,
+    origins: &Arc<Vec<(String, Verdict)>>,
+) -> Histogram<u64> {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let total = (rate as f64 * secs) as u64;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let due = start + Duration::from_nanos(n * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due).await;
+        let channel = channels[n as usize % channels.len()].clone();
+        let (hist, origins) = (hist.clone(), origins.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            if let Err(e) = call(kind, &channel, &origins[n as usize % origins.len()]).await {
+                panic!("{}: wrong answer: {e}", kind.name());
+            }
+            let micros = sent.elapsed().as_micros() as u64;
+            hist.lock().unwrap().record(micros.max(1)).unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(hist).unwrap().into_inner().unwrap()
+}
+
+/// The handlers' own time: the services called in this process, without
+/// transport, one call at a time.
+async fn handler_times(policy: &str, origins: &[(String, Verdict)], calls: usize) -> (Histogram<u64>, Histogram<u64>) {
+    use corsd::grpc::pb::cors_policy_server::CorsPolicy;
+    use envoy_types::ext_authz::v3::pb::Authorization;
+    let store = corsd::store::PolicyStore::for_test(policy).unwrap();
+    let cors = corsd::grpc::cors_policy::CorsPolicyService::new(store.clone());
+    let authz = corsd::grpc::ext_authz::AuthorizationService::new(store);
+    let mut h_cors = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    let mut h_authz = h_cors.clone();
+    for n in 0..calls {
+        let origin = &origins[n % origins.len()];
+        let request = tonic::Request::new(check_origin_request(&origin.0));
+        let started = Instant::now();
+        let answer = cors.check_origin(request).await.unwrap();
+        h_cors.record(started.elapsed().as_nanos() as u64).unwrap();
+        assert_eq!(answer.get_ref().verdict, origin.1 as i32);
+        let request = tonic::Request::new(authz_request(&origin.0));
+        let started = Instant::now();
+        let answer = authz.check(request).await.unwrap();
+        h_authz.record(started.elapsed().as_nanos() as u64).unwrap();
+        assert!(answer.get_ref().status.is_some());
+    }
+    (h_cors, h_authz)
+}
+
+async fn connect(addr: &str, n: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        channels.push(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    channels
+}
+
+async fn null_authz(listen: std::net::SocketAddr) {
+    use envoy_types::ext_authz::v3::CheckResponseExt;
+    use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
+    struct Null;
+    #[tonic::async_trait]
+    impl Authorization for Null {
+        async fn check(
+            &self,
+            _: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            let mut response = CheckResponse::new();
+            response.set_status(tonic::Status::ok(""));
+            Ok(tonic::Response::new(response))
+        }
+    }
+    println!("null ext_authz listening on {listen}");
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(Null))
+        .serve(listen)
+        .await
+        .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = Args::parse();
+    if let Some(Sub::NullAuthz { listen }) = args.command {
+        return null_authz(listen).await;
+    }
+    if args.smoke {
+        (args.phase_secs, args.rounds, args.rate, args.no_million) = (0.3, 1, 500, true);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let text = policy_text(args.entries);
+    std::fs::write(&path, &text).unwrap();
+    let server = Server::start(&args.corsd, &path);
+    let channels = connect(&server.addr, args.connections).await;
+    let origins = Arc::new(origins(args.entries));
+    println!(
+        "corsd {} at {}, {} entries, {} callers over {} connections, {} s phases",
+        args.corsd.display(),
+        server.addr,
+        args.entries,
+        args.concurrency,
+        args.connections,
+        args.phase_secs
+    );
+
+    println!("\nthroughput, CheckOrigin against Health/Check (A/B/B/A):");
+    let (health, cors) = interleaved(&server, &channels, Kind::Health, Kind::CheckOrigin, &args, &origins).await;
+    println!("\nthroughput, ext_authz Check against Health/Check (A/B/B/A):");
+    let (health2, authz) = interleaved(&server, &channels, Kind::Health, Kind::ExtAuthz, &args, &origins).await;
+
+    println!(
+        "\nlatency at {} calls/s (open loop; client + transport + handler):",
+        args.rate
+    );
+    let latency_secs = (args.phase_secs * 1.0).max(0.5);
+    let mut latency = Vec::new();
+    for kind in [Kind::Health, Kind::CheckOrigin, Kind::ExtAuthz] {
+        let h = fixed_rate(&channels, kind, args.rate, latency_secs, &origins).await;
+        println!(
+            "  {:<16} p50 {:>5} us  p99 {:>5} us  max {:>6} us",
+            kind.name(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max()
+        );
+        latency.push((kind, h));
+    }
+
+    let handler_calls = if args.smoke { 2_000 } else { 200_000 };
+    let (h_cors, h_authz) = handler_times(&text, &origins, handler_calls).await;
+    println!("\nhandler time, in process, {handler_calls} calls each:");
+    for (name, h) in [("CheckOrigin", &h_cors), ("ext_authz Check", &h_authz)] {
+        println!(
+            "  {name:<16} p50 {:>6.2} us  p99 {:>6.2} us",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3
+        );
+    }
+
+    println!(
+        "\nreload under load: a 100k-entry policy swapped in while CheckOrigin runs at {} calls/s:",
+        args.rate
+    );
+    let rss_10k = server.rss_mib();
+    let before = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &origins).await;
+    let big_entries = if args.smoke { args.entries * 10 } else { 100_000 };
+    let big = policy_text(big_entries);
+    let big_version = corsd::core::Policy::compile("v", big.as_bytes())
+        .unwrap()
+        .policy
+        .version()
+        .to_owned();
+    let writer = {
+        let (path, big) = (path.clone(), big.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::fs::write(&path, big).unwrap();
+        })
+    };
+    let during = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs.max(1.5), &origins).await;
+    writer.await.unwrap();
+    let (compile_ms, took_ms) = server.wait_swap(&big_version, Duration::from_secs(30));
+    let after = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &origins).await;
+    println!(
+        "  {big_entries} entries: compiled in {compile_ms:.1} ms; read + compile + swap {took_ms:.1} ms (server log)"
+    );
+    for (name, h) in [("before", &before), ("during", &during), ("after", &after)] {
+        println!(
+            "  p99 {name:<6} {:>5} us  (p50 {:>4} us, max {:>6} us)",
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.5),
+            h.max()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_100k = server.rss_mib();
+    let rss_1m = if args.no_million {
+        None
+    } else {
+        let million = policy_text(1_000_000);
+        let version = corsd::core::Policy::compile("v", million.as_bytes())
+            .unwrap()
+            .policy
+            .version()
+            .to_owned();
+        std::fs::write(&path, million).unwrap();
+        let (compile_ms, took_ms) = server.wait_swap(&version, Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        println!("  1M entries: compiled in {compile_ms:.0} ms; read + compile + swap {took_ms:.0} ms");
+        Some(server.rss_mib())
+    };
+    println!(
+        "\nresident memory of corsd: {rss_10k:.1} MiB at {} entries, {rss_100k:.1} MiB at {big_entries}{}",
+        args.entries,
+        rss_1m.map(|m| format!(", {m:.1} MiB at 1M")).unwrap_or_default()
+    );
+
+    println!("\nsummary:");
+    println!(
+        "  CheckOrigin / Health throughput      {:.3}  (goal >= 0.95)",
+        total_rate(&cors) / total_rate(&health)
+    );
+    println!(
+        "  ext_authz / Health throughput        {:.3}  (goal >= 0.95)",
+        total_rate(&authz) / total_rate(&health2)
+    );
+    println!(
+        "  server CPU per call: Health {:.2} us, CheckOrigin {:.2} us, ext_authz {:.2} us",
+        total_cpu(&health),
+        total_cpu(&cors),
+        total_cpu(&authz)
+    );
+    println!(
+        "  handler p99: CheckOrigin {:.2} us, ext_authz {:.2} us  (goal <= 20 us)",
+        h_cors.value_at_quantile(0.99) as f64 / 1e3,
+        h_authz.value_at_quantile(0.99) as f64 / 1e3
+    );
+    println!("  RSS at {big_entries} entries {rss_100k:.1} MiB  (goal at 100k: <= 64 MB)");
+    let _ = latency;
+}
