@@ -11,20 +11,9 @@ use std::time::Duration;
 use corsd::core::{Policy, Request, Verdict, decide};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-/// A policy of `n` entries: half exact origins, half wildcards.
-fn policy_text(n: usize) -> String {
-    let mut text = String::with_capacity(n * 48);
-    text.push_str("[cors]\nallow_headers = [\"content-type\", \"x-requested-with\", \"authorization\"]\n");
-    text.push_str("[scope]\nhosts = [\"api.example.com\"]\n");
-    for i in 0..n {
-        if i % 2 == 0 {
-            text.push_str(&format!("[[entries]]\norigin = \"https://app-{i}.example.com\"\n"));
-        } else {
-            text.push_str(&format!("[[entries]]\norigin = \"https://*.t{i}.example.net\"\n"));
-        }
-    }
-    text
-}
+#[path = "support/synthetic.rs"]
+mod synthetic;
+use synthetic::policy_text;
 
 fn request<'a>(
     origin: &'a str,

@@ -42,6 +42,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+#[path = "../benches/support/synthetic.rs"]
+mod synthetic;
+use synthetic::policy_text;
+
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]
@@ -83,20 +87,6 @@ enum Sub {
         #[arg(long, default_value = "127.0.0.1:50052")]
         listen: std::net::SocketAddr,
     },
-}
-
-/// A policy of `n` entries, half exact, half wildcards, like the criterion bench.
-fn policy_text(n: usize) -> String {
-    let mut text = String::with_capacity(n * 48);
-    text.push_str("label = \"load\"\n[scope]\nhosts = [\"api.example.com\"]\n");
-    for i in 0..n {
-        if i % 2 == 0 {
-            text.push_str(&format!("[[entries]]\norigin = \"https://app-{i}.example.com\"\n"));
-        } else {
-            text.push_str(&format!("[[entries]]\norigin = \"https://*.t{i}.example.net\"\n"));
-        }
-    }
-    text
 }
 
 /// The origins the calls cycle through, with the verdict each must get:
