@@ -26,9 +26,49 @@ pub struct Allowlist {
 
 #[derive(Debug, Default)]
 struct LabelNode {
-    children: HashMap<Box<str>, u32, RandomState>,
+    children: Children,
     /// Wildcards whose base ends at this node; a handful at most.
     subdomains: Vec<SubdomainEntry>,
+}
+
+/// Most nodes have a handful of children, found faster by comparing than by
+/// hashing; a node with many (`example.com` under a platform's tenants) hashes.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, u32)>),
+    Many(HashMap<Box<str>, u32, RandomState>),
+}
+
+/// Children are compared one by one up to this many.
+const FEW_CHILDREN: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn get(&self, label: &str) -> Option<u32> {
+        match self {
+            Children::Few(list) => list.iter().find(|(l, _)| **l == *label).map(|&(_, node)| node),
+            Children::Many(map) => map.get(label).copied(),
+        }
+    }
+
+    fn insert(&mut self, label: &str, node: u32) {
+        match self {
+            Children::Few(list) if list.len() < FEW_CHILDREN => list.push((label.into(), node)),
+            Children::Few(list) => {
+                let mut map: HashMap<Box<str>, u32, RandomState> = std::mem::take(list).into_iter().collect();
+                map.insert(label.into(), node);
+                *self = Children::Many(map);
+            }
+            Children::Many(map) => {
+                map.insert(label.into(), node);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -81,11 +121,12 @@ impl Allowlist {
         let Some(parent) = self.nodes.get_mut(node) else {
             return node;
         };
-        let child = *parent.children.entry(label.into()).or_insert(next as u32) as usize;
-        if child == next {
-            self.nodes.push(LabelNode::default());
+        if let Some(child) = parent.children.get(label) {
+            return child as usize;
         }
-        child
+        parent.children.insert(label, next as u32);
+        self.nodes.push(LabelNode::default());
+        next
     }
 
     /// The entry that allows `origin`, if any: the exact entry equal to it
@@ -104,7 +145,7 @@ impl Allowlist {
         let mut best = None;
         let mut labels = ReversedLabels::new(origin.host);
         while let Some(label) = labels.next() {
-            let Some(&child) = node.children.get(label) else {
+            let Some(child) = node.children.get(label) else {
                 break;
             };
             node = self.nodes.get(child as usize)?;
