@@ -5,7 +5,9 @@
 #   none    no CORS at all (the floor of the proxy)
 #   native  Envoy's own CORS filter with an equivalent policy
 #   corsd   ext_authz to corsd (the shipped configuration's filter)
-#   null    ext_authz to a server that decides nothing (the floor of ext_authz)
+#   null    ext_authz to a server that decides nothing and adds no header
+#   static  ext_authz to a server that decides nothing but answers with the
+#           same headers corsd adds, fixed (the floor with Envoy's work on them)
 # driven by wrk, interleaved none/native/corsd/null then in reverse, ROUNDS
 # times. Every response is checked: wrk's non-2xx count must be zero, and each
 # listener is probed once for the CORS header it must (or must not) send.
@@ -29,8 +31,8 @@ trap cleanup EXIT
 [[ -n "${KEEP:-}" ]] && trap "for p in \"\${pids[@]}\"; do kill \$p; done; echo kept \$work" EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-p_none=$(free_port); p_native=$(free_port); p_corsd=$(free_port); p_null=$(free_port)
-p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_admin=$(free_port); p_up=$(free_port)
+p_none=$(free_port); p_native=$(free_port); p_corsd=$(free_port); p_null=$(free_port); p_static=$(free_port)
+p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_static_grpc=$(free_port); p_admin=$(free_port); p_up=$(free_port)
 
 # The policy: ENTRIES exact origins; the request's origin is the middle one.
 {
@@ -45,8 +47,10 @@ target/release/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_c
 pids+=($!)
 target/release/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
 pids+=($!)
+target/release/examples/load null-authz --listen "127.0.0.1:$p_static_grpc" --static-headers "https://app-$((entries / 2)).example.com" >"$work/static.log" 2>&1 &
+pids+=($!)
 
-for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && grep -q listening "$work/static.log" && break; sleep 0.1; done
 grep -q "corsd listening" "$work/corsd.log" || { echo "corsd did not start:" >&2; cat "$work/corsd.log" >&2; exit 1; }
 
 matchers=$(for ((i = 0; i < entries; i++)); do printf '                  - exact: "https://app-%d.example.com"\n' "$i"; done)
@@ -145,6 +149,7 @@ native_filter='          - name: envoy.filters.http.cors
   listener native "$p_native" "$native_filter"
   listener corsd "$p_corsd" "$(authz corsd)"
   listener null "$p_null" "$(authz noop_authz)"
+  listener static "$p_static" "$(authz static_authz)"
   upstream_listener
   echo "  clusters:"
   echo "  - name: upstream"
@@ -152,6 +157,7 @@ native_filter='          - name: envoy.filters.http.cors
   echo "    load_assignment: { cluster_name: upstream, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $p_up } } } }] }] }"
   cluster corsd "$p_corsd_grpc"
   cluster noop_authz "$p_null_grpc"
+  cluster static_authz "$p_static_grpc"
   echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $p_admin } } }"
 } > "$work/envoy.yaml"
 
@@ -163,12 +169,12 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p_admin/ready" >/dev/null 2>
 
 path=/services/data/v60.0/query
 echo "Envoy $("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*'), $entries-entry policy, wrk 1 thread x $conns connections, ${secs}s runs, origin $origin"
-for name in none native corsd null; do
+for name in none native corsd null static; do
   port_var="p_$name"
   probe=$(curl -s -D - -o /dev/null -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path" | tr -d '\r')
   acao=$(grep -i '^access-control-allow-origin:' <<<"$probe" | cut -d' ' -f2 || true)
   case $name in
-    native|corsd) [[ $acao == "$origin" ]] || { echo "$name: no Access-Control-Allow-Origin:" >&2; echo "$probe" >&2; exit 1; } ;;
+    native|corsd|static) [[ $acao == "$origin" ]] || { echo "$name: no Access-Control-Allow-Origin:" >&2; echo "$probe" >&2; exit 1; } ;;
     *) [[ -z $acao ]] || { echo "$name: unexpected Access-Control-Allow-Origin" >&2; exit 1; } ;;
   esac
 done
@@ -183,11 +189,12 @@ run() { # name
   total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
 }
 for ((r = 0; r < rounds; r++)); do
-  for name in none native corsd null null corsd native none; do run "$name"; done
+  for name in none native corsd null static static null corsd native none; do run "$name"; done
 done
 ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
 echo "summary:"
 echo "  corsd / native CORS filter   $(ratio corsd native)  (goal >= 0.65)"
 echo "  corsd / null ext_authz       $(ratio corsd null)  (goal >= 0.95: the decision adds <= 5%)"
+echo "  corsd / static ext_authz     $(ratio corsd static)  (the same, with Envoy adding the same headers)"
 echo "  native / none                $(ratio native none)"
 echo "  corsd / none                 $(ratio corsd none)"

@@ -57,10 +57,10 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     entries: usize,
     /// Seconds per throughput phase.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.5)]
     phase_secs: f64,
     /// A/B/B/A rounds per comparison.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     rounds: usize,
     /// Calls in flight in the throughput phases.
     #[arg(long, default_value_t = 64)]
@@ -86,6 +86,10 @@ enum Sub {
     NullAuthz {
         #[arg(long, default_value = "127.0.0.1:50052")]
         listen: std::net::SocketAddr,
+        /// Also answer with the headers of an allowed request for this origin,
+        /// fixed: the floor with Envoy's response work included.
+        #[arg(long)]
+        static_headers: Option<String>,
     },
 }
 
@@ -456,10 +460,12 @@ async fn connect(addr: &str, n: usize) -> Vec<Channel> {
     channels
 }
 
-async fn null_authz(listen: std::net::SocketAddr) {
-    use envoy_types::ext_authz::v3::CheckResponseExt;
-    use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
-    struct Null;
+async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>) {
+    use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, HeaderAppendAction};
+    use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
+    /// Always OK; with `Some(origin)`, the headers corsd adds to an allowed
+    /// actual request, fixed, so Envoy does the same work on the response.
+    struct Null(Option<String>);
     #[tonic::async_trait]
     impl Authorization for Null {
         async fn check(
@@ -468,12 +474,21 @@ async fn null_authz(listen: std::net::SocketAddr) {
         ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
             let mut response = CheckResponse::new();
             response.set_status(tonic::Status::ok(""));
+            if let Some(origin) = &self.0 {
+                let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+                let mut ok = OkHttpResponseBuilder::new();
+                ok.add_response_header("access-control-allow-origin", origin.as_str(), overwrite, false)
+                    .add_response_header("access-control-allow-credentials", "true", overwrite, false)
+                    .add_response_header("access-control-expose-headers", "x-request-id", overwrite, false)
+                    .add_response_header("vary", "Origin", Some(HeaderAppendAction::AppendIfExistsOrAdd), false);
+                response.set_http_response(ok);
+            }
             Ok(tonic::Response::new(response))
         }
     }
     println!("null ext_authz listening on {listen}");
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Null))
+        .add_service(AuthorizationServer::new(Null(static_headers)))
         .serve(listen)
         .await
         .unwrap();
@@ -482,8 +497,8 @@ async fn null_authz(listen: std::net::SocketAddr) {
 #[tokio::main]
 async fn main() {
     let mut args = Args::parse();
-    if let Some(Sub::NullAuthz { listen }) = args.command {
-        return null_authz(listen).await;
+    if let Some(Sub::NullAuthz { listen, static_headers }) = args.command {
+        return null_authz(listen, static_headers).await;
     }
     if args.smoke {
         (args.phase_secs, args.rounds, args.rate, args.no_million) = (0.3, 1, 500, true);
