@@ -172,6 +172,11 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
             return;
         }
     };
+    if Policy::version_of(&bytes) == in_force.policy.version() {
+        debug!(policy = %shown, version = in_force.policy.version(), "policy file unchanged");
+        store.clear_reload_error();
+        return;
+    }
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;
     let source = shown.clone();
     let compiled = tokio::task::spawn_blocking(move || {
@@ -193,17 +198,15 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 warn!(policy = %shown, "{}", warning.display(&shown));
             }
             let policy = compiled.policy;
-            if policy.version() == in_force.policy.version() {
-                debug!(policy = %shown, version = policy.version(), "policy file unchanged");
-                store.clear_reload_error();
-                return;
-            }
             let (version, entries) = (policy.version().to_owned(), policy.entries().len());
             store.swap(policy);
+            let previous = in_force.policy.version().to_owned();
+            drop(in_force);
+            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
             info!(
                 policy = %shown,
                 version,
-                previous = in_force.policy.version(),
+                previous,
                 entries,
                 read_ms,
                 compile_ms,
@@ -226,11 +229,36 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 "policy reload rejected; the last good policy stays in force:\n{text}"
             );
             store.set_reload_error(text);
+            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         }
         Err(join) => {
             let error = format!("{shown}: compiling the policy failed: {join}");
             warn!(policy = %shown, error = %error, "policy reload rejected");
             store.set_reload_error(error);
         }
+    }
+}
+
+/// Hands the memory a compile freed back to the operating system.
+///
+/// Compiling a large policy builds a document tree several times the size of
+/// the result; glibc keeps those pages once they are free, so the resident
+/// memory of a long-running corsd would stay at the compile's peak.
+/// `malloc_trim` returns them. A no-op on other C libraries.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    trim();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "malloc_trim has no safe wrapper; it takes a size and touches no Rust memory"
+)]
+fn trim() {
+    // SAFETY: malloc_trim only releases free heap pages; it is thread-safe
+    // and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

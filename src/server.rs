@@ -24,6 +24,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
+    reload::release_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

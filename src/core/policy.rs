@@ -244,6 +244,11 @@ impl Policy {
         }
     }
 
+    /// The version a file with these bytes would have, without compiling it.
+    pub fn version_of(bytes: &[u8]) -> String {
+        version_of(bytes)
+    }
+
     /// First 16 hex digits of the SHA-256 of the file's bytes.
     pub fn version(&self) -> &str {
         &self.version
