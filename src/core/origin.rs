@@ -6,7 +6,7 @@
 //! and the host grammar shared with allowlist patterns. It never allocates and
 //! never panics; it does not decide anything (see `decide`).
 
-use std::net::Ipv6Addr;
+use ::core::net::Ipv6Addr;
 
 /// The longest `Origin` value corsd parses; anything longer is malformed.
 ///

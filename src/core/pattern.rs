@@ -8,9 +8,9 @@
 //! [domain to ASCII](https://url.spec.whatwg.org/#concept-domain-to-ascii) does.
 //! This module parses single patterns; the index lives in `allowlist`.
 
+use ::core::net::Ipv6Addr;
 use std::borrow::Cow;
 use std::fmt;
-use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 use idna::AsciiDenyList;

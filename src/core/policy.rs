@@ -855,7 +855,7 @@ fn scope_host(host: &str) -> Result<String, String> {
     let lower = name.to_ascii_lowercase();
     let lower = lower.strip_suffix('.').unwrap_or(&lower);
     if let Some(inner) = lower.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return match inner.parse::<std::net::Ipv6Addr>() {
+        return match inner.parse::<::core::net::Ipv6Addr>() {
             Ok(addr) => Ok(format!("[{addr}]")),
             Err(_) => Err(format!("scope host `{host}` is not a valid IPv6 address")),
         };
