@@ -3,6 +3,7 @@
 //! Run: `cargo bench --bench decide`. Goals (docs/benchmarks.md): a hit in at
 //! most 60 ns, a miss in at most 40 ns, 1M entries within 1.2x of 10, and
 //! compiling 100k entries in at most 100 ms.
+#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark's setup may panic")]
 
 use std::hint::black_box;
