@@ -14,6 +14,7 @@ mod cli;
 mod common;
 mod core_cases;
 mod envoy;
+mod fuzz_regressions;
 mod interop;
 mod load_smoke;
 mod no_alloc;
