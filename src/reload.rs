@@ -189,11 +189,16 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
     .await;
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (compiled, compile_ms) = match compiled {
-        Ok((compiled, compile_ms)) => (Ok(compiled), compile_ms),
-        Err(join) => (Err(join), 0.0),
+        Ok(outcome) => outcome,
+        Err(join) => {
+            let error = format!("{shown}: compiling the policy failed: {join}");
+            warn!(policy = %shown, error = %error, "policy reload rejected");
+            store.set_reload_error(error);
+            return;
+        }
     };
     match compiled {
-        Ok(Ok(compiled)) => {
+        Ok(compiled) => {
             for warning in &compiled.warnings {
                 warn!(policy = %shown, "{}", warning.display(&shown));
             }
@@ -214,7 +219,7 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 "policy swapped in"
             );
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             let errors = error
                 .diagnostics
                 .iter()
@@ -230,11 +235,6 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
             );
             store.set_reload_error(text);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
-        }
-        Err(join) => {
-            let error = format!("{shown}: compiling the policy failed: {join}");
-            warn!(policy = %shown, error = %error, "policy reload rejected");
-            store.set_reload_error(error);
         }
     }
 }
