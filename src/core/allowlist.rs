@@ -161,16 +161,6 @@ impl Allowlist {
         }
         best
     }
-
-    /// Number of distinct exact origins and wildcard nodes, for diagnostics.
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.nodes.iter().map(|n| n.subdomains.len()).sum::<usize>()
-    }
-
-    /// Whether nothing is allowlisted.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Whether `pattern` on its own allows `origin`: byte-equal to an exact

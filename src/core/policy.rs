@@ -424,28 +424,15 @@ impl Reader<'_> {
         }
     }
 
+    /// A string value, owned.
     fn string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
-        self.str(value, name).map(str::to_owned)
+        self.cow(value, name).map(Cow::into_owned)
     }
 
     /// A string value, borrowing the file's text where the value has no escapes.
     fn cow<'i>(&mut self, value: &Value<'i>, name: &str) -> Option<Cow<'i, str>> {
         match value.get_ref() {
             DeValue::String(s) => Some(s.clone()),
-            other => {
-                self.error(
-                    value.span().start,
-                    format!("`{name}` must be a string, not {}", kind(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// A string value, borrowed from the parsed document.
-    fn str<'v>(&mut self, value: &'v Value<'_>, name: &str) -> Option<&'v str> {
-        match value.get_ref() {
-            DeValue::String(s) => Some(s),
             other => {
                 self.error(
                     value.span().start,
