@@ -8,8 +8,11 @@
 //! - a 100k-entry policy compiled and swapped in while calls run (its compile
 //!   time and the p99 around the swap), and resident memory at 10k, 100k, 1M.
 //!
-//! Every answer is checked (gRPC status and decision). Every loop is bounded
-//! in time and count, and all traffic stays on 127.0.0.1.
+//! Every answer is checked (gRPC status and decision). The client shares the
+//! machine with the server, so it keeps its own work small and alike for
+//! every kind of call: each request is encoded once, and of each answer only
+//! the checked field is read. Every loop is bounded in time and count, and
+//! all traffic stays on 127.0.0.1.
 //!
 //!     cargo build --release && cargo run --release --example load
 //!     cargo run --release --example load -- --smoke          # a few seconds
@@ -22,7 +25,6 @@
     reason = "a harness fails loudly"
 )]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,20 +32,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
-use corsd::grpc::pb::{CheckOriginRequest, Verdict};
+use corsd::grpc::pb::Verdict;
+use corsd::grpc::wire::{AuthzCall, CheckOriginCall, Encoded};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hdrhistogram::Histogram;
+use prost::Message;
+use tonic::Code;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
+#[path = "../benches/support/requests.rs"]
+mod requests;
 #[path = "../benches/support/synthetic.rs"]
 mod synthetic;
+use requests::{authz_request, check_origin_request};
 use synthetic::policy_text;
 
 #[derive(Parser)]
@@ -93,50 +99,112 @@ enum Sub {
     },
 }
 
-/// The origins the calls cycle through, with the verdict each must get:
-/// exact hits, wildcard hits and misses.
-fn origins(n: usize) -> Vec<(String, Verdict)> {
+/// One origin the calls cycle through: its requests, encoded once, and the
+/// verdict it must get.
+struct Case {
+    origin: String,
+    verdict: Verdict,
+    check_origin: Encoded,
+    authz: Encoded,
+}
+
+/// Everything the calls send, encoded once.
+struct Workload {
+    health: Encoded,
+    cases: Vec<Case>,
+}
+
+impl Workload {
+    fn new(entries: usize) -> Self {
+        Workload {
+            health: encoded(&HealthCheckRequest {
+                service: "corsd.v1.CorsPolicy".into(),
+            }),
+            cases: cases(entries),
+        }
+    }
+
+    /// Call number `n` of `kind`, checked.
+    async fn call(&self, kind: Kind, channel: &Channel, n: usize) -> Result<(), String> {
+        call(kind, channel, &self.health, &self.cases[n % self.cases.len()]).await
+    }
+}
+
+/// The cases: exact hits, wildcard hits and misses.
+fn cases(n: usize) -> Vec<Case> {
     let mut out = Vec::new();
     for k in 0..64 {
         let i = (k * 7919) % n.max(2);
         let (exact, wild) = (i & !1, i | 1);
-        out.push((format!("https://app-{exact}.example.com"), Verdict::Allow));
+        let mut origins = vec![(format!("https://app-{exact}.example.com"), Verdict::Allow)];
         if wild < n {
-            out.push((format!("https://x.t{wild}.example.net"), Verdict::Allow));
+            origins.push((format!("https://x.t{wild}.example.net"), Verdict::Allow));
         }
-        out.push((format!("https://nobody-{k}.example.org"), Verdict::Deny));
+        origins.push((format!("https://nobody-{k}.example.org"), Verdict::Deny));
+        out.extend(origins.into_iter().map(|(origin, verdict)| Case {
+            check_origin: encoded(&check_origin_request(&origin)),
+            authz: encoded(&authz_request(&origin)),
+            origin,
+            verdict,
+        }));
     }
     out
 }
 
-fn check_origin_request(origin: &str) -> CheckOriginRequest {
-    CheckOriginRequest {
-        origin: Some(origin.to_owned()),
-        method: "GET".into(),
-        scheme: "https".into(),
-        authority: "api.example.com".into(),
-        path: "/services/data/v60.0/query".into(),
-        ..Default::default()
+fn encoded(message: &impl Message) -> Encoded {
+    Bytes::from(message.encode_to_vec()).into()
+}
+
+/// What the client reads of each answer: the field it checks, nothing else
+/// (prost skips the rest), so the client's share of the machine stays small
+/// and alike for every kind of call.
+mod answer {
+    /// `grpc.health.v1.HealthCheckResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Health {
+        #[prost(int32, tag = "1")]
+        pub status: i32,
+    }
+
+    /// `corsd.v1.CheckOriginResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CheckOrigin {
+        #[prost(int32, tag = "1")]
+        pub verdict: i32,
+    }
+
+    /// `envoy.service.auth.v3.CheckResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Authz {
+        #[prost(message, optional, tag = "1")]
+        pub status: Option<RpcStatus>,
+    }
+
+    /// `google.rpc.Status`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
     }
 }
 
-fn authz_request(origin: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    headers: HashMap::from([("origin".to_owned(), origin.to_owned())]),
-                    host: "api.example.com".into(),
-                    path: "/services/data/v60.0/query".into(),
-                    scheme: "https".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+/// One unary call with a request encoded beforehand.
+async fn unary<A: Message + Default + Send + 'static>(
+    channel: &Channel,
+    path: &'static str,
+    request: &Encoded,
+) -> Result<A, String> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| e.to_string())?;
+    let codec = tonic_prost::ProstCodec::<Encoded, A>::default();
+    grpc.unary(
+        tonic::Request::new(request.clone()),
+        PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(|e| e.to_string())
 }
 
 /// A running `corsd serve`.
@@ -257,39 +325,31 @@ impl Kind {
 }
 
 /// One call of `kind`, checked: `Err` says what was wrong with the answer.
-async fn call(kind: Kind, channel: &Channel, origin: &(String, Verdict)) -> Result<(), String> {
+async fn call(kind: Kind, channel: &Channel, health: &Encoded, case: &Case) -> Result<(), String> {
     match kind {
         Kind::Health => {
-            let r = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: "corsd.v1.CorsPolicy".into(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            (r.get_ref().status == 1)
+            let a: answer::Health = unary(channel, "/grpc.health.v1.Health/Check", health).await?;
+            (a.status == ServingStatus::Serving as i32)
                 .then_some(())
-                .ok_or_else(|| format!("health {:?}", r.get_ref()))
+                .ok_or_else(|| format!("health {a:?}"))
         }
         Kind::CheckOrigin => {
-            let r = CorsPolicyClient::new(channel.clone())
-                .check_origin(check_origin_request(&origin.0))
-                .await
-                .map_err(|e| e.to_string())?;
-            (r.get_ref().verdict == origin.1 as i32)
+            let a: answer::CheckOrigin = unary(channel, "/corsd.v1.CorsPolicy/CheckOrigin", &case.check_origin).await?;
+            (a.verdict == case.verdict as i32)
                 .then_some(())
-                .ok_or_else(|| format!("{}: {:?}", origin.0, r.get_ref()))
+                .ok_or_else(|| format!("{}: {a:?}", case.origin))
         }
         Kind::ExtAuthz => {
-            let r: CheckResponse = AuthorizationClient::new(channel.clone())
-                .check(authz_request(&origin.0))
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            let code = r.status.as_ref().map_or(-1, |s| s.code);
-            let want = if origin.1 == Verdict::Allow { 0 } else { 7 };
-            (code == want)
+            let a: answer::Authz = unary(channel, "/envoy.service.auth.v3.Authorization/Check", &case.authz).await?;
+            let code = a.status.map_or(-1, |s| s.code);
+            let want = if case.verdict == Verdict::Allow {
+                Code::Ok
+            } else {
+                Code::PermissionDenied
+            };
+            (code == want as i32)
                 .then_some(())
-                .ok_or_else(|| format!("{}: status {code}", origin.0))
+                .ok_or_else(|| format!("{}: status {code}", case.origin))
         }
     }
 }
@@ -313,7 +373,7 @@ async fn throughput(
     kind: Kind,
     secs: f64,
     concurrency: usize,
-    origins: &Arc<Vec<(String, Verdict)>>,
+    work: &Arc<Workload>,
 ) -> Phase {
     let calls = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -322,11 +382,11 @@ async fn throughput(
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let channel = channels[i % channels.len()].clone();
-        let (calls, stop, origins) = (calls.clone(), stop.clone(), origins.clone());
+        let (calls, stop, work) = (calls.clone(), stop.clone(), work.clone());
         tasks.push(tokio::spawn(async move {
             let mut k = i;
             while !stop.load(Ordering::Relaxed) && calls.load(Ordering::Relaxed) < 50_000_000 {
-                if let Err(e) = call(kind, &channel, &origins[k % origins.len()]).await {
+                if let Err(e) = work.call(kind, &channel, k).await {
                     panic!("{}: wrong answer: {e}", kind.name());
                 }
                 calls.fetch_add(1, Ordering::Relaxed);
@@ -354,12 +414,12 @@ async fn interleaved(
     a: Kind,
     b: Kind,
     args: &Args,
-    origins: &Arc<Vec<(String, Verdict)>>,
+    work: &Arc<Workload>,
 ) -> (Vec<Phase>, Vec<Phase>) {
     let (mut pa, mut pb) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         for kind in [a, b, b, a] {
-            let phase = throughput(server, channels, kind, args.phase_secs, args.concurrency, origins).await;
+            let phase = throughput(server, channels, kind, args.phase_secs, args.concurrency, work).await;
             println!(
                 "  {:<16} {:>9.0} calls/s  {:>6.2} us CPU/call",
                 kind.name(),
@@ -388,13 +448,7 @@ fn total_cpu(phases: &[Phase]) -> f64 {
 /// Open loop at `rate` calls/s for `secs`: calls start on schedule whether or
 /// not earlier ones have returned. Latency is from each call's start to its
 /// answer (tokio's timer wakes to the millisecond, too coarse to measure from).
-async fn fixed_rate(
-    channels: &[Channel],
-    kind: Kind,
-    rate: u64,
-    secs: f64,
-    origins: &Arc<Vec<(String, Verdict)>>,
-) -> Histogram<u64> {
+async fn fixed_rate(channels: &[Channel], kind: Kind, rate: u64, secs: f64, work: &Arc<Workload>) -> Histogram<u64> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let total = (rate as f64 * secs) as u64;
     let start = tokio::time::Instant::now();
@@ -403,10 +457,10 @@ async fn fixed_rate(
         let due = start + Duration::from_nanos(n * 1_000_000_000 / rate);
         tokio::time::sleep_until(due).await;
         let channel = channels[n as usize % channels.len()].clone();
-        let (hist, origins) = (hist.clone(), origins.clone());
+        let (hist, work) = (hist.clone(), work.clone());
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            if let Err(e) = call(kind, &channel, &origins[n as usize % origins.len()]).await {
+            if let Err(e) = work.call(kind, &channel, n as usize).await {
                 panic!("{}: wrong answer: {e}", kind.name());
             }
             let micros = sent.elapsed().as_micros() as u64;
@@ -419,28 +473,31 @@ async fn fixed_rate(
     Arc::try_unwrap(hist).unwrap().into_inner().unwrap()
 }
 
-/// The handlers' own time: the services called in this process, without
-/// transport, one call at a time.
-async fn handler_times(policy: &str, origins: &[(String, Verdict)], calls: usize) -> (Histogram<u64>, Histogram<u64>) {
-    use corsd::grpc::pb::cors_policy_server::CorsPolicy;
-    use envoy_types::ext_authz::v3::pb::Authorization;
+/// The handlers' own time: from a request's bytes to its answer's bytes, in
+/// this process, without transport, one call at a time.
+fn handler_times(policy: &str, work: &Workload, calls: usize) -> (Histogram<u64>, Histogram<u64>) {
     let store = corsd::store::PolicyStore::for_test(policy).unwrap();
     let cors = corsd::grpc::cors_policy::CorsPolicyService::new(store.clone());
     let authz = corsd::grpc::ext_authz::AuthorizationService::new(store);
     let mut h_cors = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
     let mut h_authz = h_cors.clone();
     for n in 0..calls {
-        let origin = &origins[n % origins.len()];
-        let request = tonic::Request::new(check_origin_request(&origin.0));
+        let case = &work.cases[n % work.cases.len()];
         let started = Instant::now();
-        let answer = cors.check_origin(request).await.unwrap();
+        let answer = CheckOriginCall::decode(case.check_origin.as_bytes()).map(|call| cors.answer(&call));
         h_cors.record(started.elapsed().as_nanos() as u64).unwrap();
-        assert_eq!(answer.get_ref().verdict, origin.1 as i32);
-        let request = tonic::Request::new(authz_request(&origin.0));
+        let answer = answer.unwrap().unwrap();
+        let verdict = answer::CheckOrigin::decode(answer.as_bytes()).unwrap().verdict;
+        assert_eq!(verdict, case.verdict as i32, "{}", case.origin);
         let started = Instant::now();
-        let answer = authz.check(request).await.unwrap();
+        let answer = AuthzCall::decode(case.authz.as_bytes()).map(|call| authz.answer(&call));
         h_authz.record(started.elapsed().as_nanos() as u64).unwrap();
-        assert!(answer.get_ref().status.is_some());
+        assert!(
+            answer::Authz::decode(answer.unwrap().unwrap().as_bytes())
+                .unwrap()
+                .status
+                .is_some()
+        );
     }
     (h_cors, h_authz)
 }
@@ -509,7 +566,7 @@ async fn main() {
     std::fs::write(&path, &text).unwrap();
     let server = Server::start(&args.corsd, &path);
     let channels = connect(&server.addr, args.connections).await;
-    let origins = Arc::new(origins(args.entries));
+    let work = Arc::new(Workload::new(args.entries));
     println!(
         "corsd {} at {}, {} entries, {} callers over {} connections, {} s phases",
         args.corsd.display(),
@@ -521,9 +578,9 @@ async fn main() {
     );
 
     println!("\nthroughput, CheckOrigin against Health/Check (A/B/B/A):");
-    let (health, cors) = interleaved(&server, &channels, Kind::Health, Kind::CheckOrigin, &args, &origins).await;
+    let (health, cors) = interleaved(&server, &channels, Kind::Health, Kind::CheckOrigin, &args, &work).await;
     println!("\nthroughput, ext_authz Check against Health/Check (A/B/B/A):");
-    let (health2, authz) = interleaved(&server, &channels, Kind::Health, Kind::ExtAuthz, &args, &origins).await;
+    let (health2, authz) = interleaved(&server, &channels, Kind::Health, Kind::ExtAuthz, &args, &work).await;
 
     println!(
         "\nlatency at {} calls/s (open loop; client + transport + handler):",
@@ -532,7 +589,7 @@ async fn main() {
     let latency_secs = (args.phase_secs * 1.0).max(0.5);
     let mut latency = Vec::new();
     for kind in [Kind::Health, Kind::CheckOrigin, Kind::ExtAuthz] {
-        let h = fixed_rate(&channels, kind, args.rate, latency_secs, &origins).await;
+        let h = fixed_rate(&channels, kind, args.rate, latency_secs, &work).await;
         println!(
             "  {:<16} p50 {:>5} us  p99 {:>5} us  max {:>6} us",
             kind.name(),
@@ -544,7 +601,7 @@ async fn main() {
     }
 
     let handler_calls = if args.smoke { 2_000 } else { 200_000 };
-    let (h_cors, h_authz) = handler_times(&text, &origins, handler_calls).await;
+    let (h_cors, h_authz) = handler_times(&text, &work, handler_calls);
     println!("\nhandler time, in process, {handler_calls} calls each:");
     for (name, h) in [("CheckOrigin", &h_cors), ("ext_authz Check", &h_authz)] {
         println!(
@@ -559,7 +616,7 @@ async fn main() {
         args.rate
     );
     let rss_10k = server.rss_mib();
-    let before = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &origins).await;
+    let before = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &work).await;
     let big_entries = if args.smoke { args.entries * 10 } else { 100_000 };
     let big = policy_text(big_entries);
     let big_version = corsd::core::Policy::compile("v", big.as_bytes())
@@ -574,10 +631,10 @@ async fn main() {
             std::fs::write(&path, big).unwrap();
         })
     };
-    let during = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs.max(1.5), &origins).await;
+    let during = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs.max(1.5), &work).await;
     writer.await.unwrap();
     let (compile_ms, took_ms) = server.wait_swap(&big_version, Duration::from_secs(30));
-    let after = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &origins).await;
+    let after = fixed_rate(&channels, Kind::CheckOrigin, args.rate, latency_secs, &work).await;
     println!(
         "  {big_entries} entries: compiled in {compile_ms:.1} ms; read + compile + swap {took_ms:.1} ms (server log)"
     );
@@ -626,6 +683,13 @@ async fn main() {
         total_cpu(&health),
         total_cpu(&cors),
         total_cpu(&authz)
+    );
+    // What the throughput ratios would be on a server with the machine to
+    // itself: the client's share of the two shared cores left out.
+    println!(
+        "  server CPU ratio (Health / call): CheckOrigin {:.3}, ext_authz {:.3}",
+        total_cpu(&health) / total_cpu(&cors),
+        total_cpu(&health2) / total_cpu(&authz)
     );
     println!(
         "  handler p99: CheckOrigin {:.2} us, ext_authz {:.2} us  (goal <= 20 us)",

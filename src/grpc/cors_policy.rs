@@ -7,8 +7,10 @@ use tonic::{Request, Response, Status};
 use tracing::debug_span;
 
 use super::pb;
+use super::stubs::cors_policy_server::CorsPolicy;
+use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_len, text, varint_len};
 use crate::core::origin::{RequestOrigin, parse_request_origin};
-use crate::core::{Decision, Reason, Verdict, decide};
+use crate::core::{Decision, Reason, ResponseHeader, Verdict, decide};
 use crate::store::PolicyStore;
 
 /// Page size when the request names none.
@@ -27,9 +29,39 @@ impl CorsPolicyService {
     pub fn new(store: Arc<PolicyStore>) -> Self {
         CorsPolicyService { store }
     }
+
+    /// Decides one `CheckOrigin` call with the policy in force.
+    pub fn answer(&self, call: &CheckOriginCall) -> Result<Encoded, Status> {
+        let origin = call.origin.as_deref().map(|o| text("origin", o)).transpose()?;
+        let method = text("method", &call.method)?;
+        let request_method = call
+            .access_control_request_method
+            .as_deref()
+            .map(|m| text("access_control_request_method", m))
+            .transpose()?;
+        let mut request_headers = HeaderLines::default();
+        for line in &call.access_control_request_headers {
+            request_headers.push(text("access_control_request_headers", line)?);
+        }
+        let request = crate::core::Request {
+            origin,
+            method,
+            request_method,
+            request_headers: request_headers.as_slice(),
+            request_private_network: call.access_control_request_private_network,
+            scheme: text("scheme", &call.scheme)?,
+            authority: text("authority", &call.authority)?,
+            path: text("path", &call.path)?,
+        };
+        let snapshot = self.store.load();
+        let decision = decide(&snapshot.policy, &request);
+        trace_decision("CheckOrigin", origin, method, &decision);
+        Ok(encode_check_origin(&decision))
+    }
 }
 
-/// Converts a decision to its wire form.
+/// A decision as the generated message: the readable mapping, which
+/// [`encode_check_origin`] writes without building.
 pub fn to_proto(decision: &Decision<'_>) -> pb::CheckOriginResponse {
     pb::CheckOriginResponse {
         verdict: verdict(decision.verdict) as i32,
@@ -98,29 +130,62 @@ pub(crate) fn trace_decision(rpc: &'static str, origin: Option<&str>, method: &s
     span.record("version", decision.policy_version);
 }
 
+/// Field numbers of `CheckOriginResponse` and `Header` (`proto/corsd/v1/corsd.proto`).
+mod field {
+    pub const VERDICT: u32 = 1;
+    pub const REASON: u32 = 2;
+    pub const PREFLIGHT: u32 = 3;
+    pub const RESPOND_STATUS: u32 = 4;
+    pub const RESPONSE_HEADERS: u32 = 5;
+    pub const MATCHED_PATTERN: u32 = 6;
+    pub const POLICY_VERSION: u32 = 7;
+    pub const HEADER_NAME: u32 = 1;
+    pub const HEADER_VALUE: u32 = 2;
+    pub const HEADER_APPEND: u32 = 3;
+}
+
+/// Writes a decision as a `CheckOriginResponse`: the bytes prost writes for
+/// [`to_proto`], without building it.
+pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
+    use field::*;
+    let header_len = |h: &ResponseHeader<'_>| {
+        str_len(HEADER_NAME, h.name.as_str())
+            + str_len(HEADER_VALUE, &h.value)
+            + varint_len(HEADER_APPEND, h.append.into())
+    };
+    let verdict = verdict(decision.verdict) as u64;
+    let reason = reason(decision.reason) as u64;
+    let len = varint_len(VERDICT, verdict)
+        + varint_len(REASON, reason)
+        + varint_len(PREFLIGHT, decision.preflight.into())
+        + varint_len(RESPOND_STATUS, decision.respond_status.into())
+        + decision
+            .response_headers
+            .iter()
+            .map(|h| sub_len(RESPONSE_HEADERS, header_len(h)))
+            .sum::<usize>()
+        + str_len(MATCHED_PATTERN, decision.matched_pattern())
+        + str_len(POLICY_VERSION, decision.policy_version);
+    let mut out = Writer::with_len(len);
+    out.put_varint(VERDICT, verdict);
+    out.put_varint(REASON, reason);
+    out.put_varint(PREFLIGHT, decision.preflight.into());
+    out.put_varint(RESPOND_STATUS, decision.respond_status.into());
+    for h in &decision.response_headers {
+        out.put_sub(RESPONSE_HEADERS, header_len(h));
+        out.put_str(HEADER_NAME, h.name.as_str());
+        out.put_str(HEADER_VALUE, &h.value);
+        out.put_varint(HEADER_APPEND, h.append.into());
+    }
+    out.put_str(MATCHED_PATTERN, decision.matched_pattern());
+    out.put_str(POLICY_VERSION, decision.policy_version);
+    out.finish()
+}
+
 #[tonic::async_trait]
-impl pb::cors_policy_server::CorsPolicy for CorsPolicyService {
-    async fn check_origin(
-        &self,
-        request: Request<pb::CheckOriginRequest>,
-    ) -> Result<Response<pb::CheckOriginResponse>, Status> {
-        let r = request.get_ref();
-        let snapshot = self.store.load();
-        let decision = decide(
-            &snapshot.policy,
-            &crate::core::Request {
-                origin: r.origin.as_deref(),
-                method: &r.method,
-                request_method: r.access_control_request_method.as_deref(),
-                request_headers: &r.access_control_request_headers,
-                request_private_network: r.access_control_request_private_network,
-                scheme: &r.scheme,
-                authority: &r.authority,
-                path: &r.path,
-            },
-        );
-        trace_decision("CheckOrigin", r.origin.as_deref(), &r.method, &decision);
-        Ok(Response::new(to_proto(&decision)))
+impl CorsPolicy for CorsPolicyService {
+    async fn check_origin(&self, request: Request<CheckOriginCall>) -> Result<Response<Encoded>, Status> {
+        self.answer(request.get_ref()).map(Response::new)
     }
 
     async fn list_entries(

@@ -7,20 +7,20 @@
 use std::sync::Arc;
 
 use arrayvec::ArrayVec;
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::cors_policy::trace_decision;
-use crate::core::{Decision, decide};
+use super::stubs::authorization_server::Authorization;
+use super::wire::{AuthzCall, AuthzHttp, Encoded, HeaderLines, Writer, str_len, strs_len, sub_len, text, varint_len};
+use crate::core::{Decision, Reason, decide};
 use crate::store::PolicyStore;
 
 /// Stands in for an `Origin` sent on several header lines: malformed, denied.
 const SEVERAL_ORIGINS: &str = "<several Origin lines>, <denied>";
-/// Most `Access-Control-Request-Headers` lines read from a raw header map; a
-/// request with more is over the parse's limits anyway.
-const MAX_REQUEST_HEADER_LINES: usize = 96;
+/// Stands in for a value that is not text: no CORS header accepts it.
+const NOT_TEXT: &str = "\u{0}";
 
 /// The ext_authz v3 service.
 #[derive(Debug, Clone)]
@@ -33,6 +33,31 @@ impl AuthorizationService {
     pub fn new(store: Arc<PolicyStore>) -> Self {
         AuthorizationService { store }
     }
+
+    /// Decides one `Check` call with the policy in force.
+    pub fn answer(&self, call: &AuthzCall) -> Result<Encoded, Status> {
+        let Some(http) = call.attributes.as_ref().and_then(|a| a.request.as_ref()?.http.as_ref()) else {
+            return Err(Status::invalid_argument(
+                "the check request has no HTTP request attributes",
+            ));
+        };
+        let headers = CorsHeaders::read(http);
+        let method = text("method", &http.method)?;
+        let request = crate::core::Request {
+            origin: headers.origin,
+            method,
+            request_method: headers.request_method,
+            request_headers: headers.request_headers.as_slice(),
+            request_private_network: headers.private_network,
+            scheme: text("scheme", &http.scheme)?,
+            authority: text("host", &http.host)?,
+            path: text("path", &http.path)?,
+        };
+        let snapshot = self.store.load();
+        let decision = decide(&snapshot.policy, &request);
+        trace_decision("Authorization/Check", headers.origin, method, &decision);
+        Ok(encode_check_response(&decision))
+    }
 }
 
 /// The CORS-relevant request headers, borrowed from Envoy's attributes.
@@ -40,44 +65,44 @@ impl AuthorizationService {
 struct CorsHeaders<'a> {
     origin: Option<&'a str>,
     request_method: Option<&'a str>,
-    request_headers: ArrayVec<&'a str, MAX_REQUEST_HEADER_LINES>,
+    request_headers: HeaderLines<'a>,
     private_network: bool,
-    /// More `Access-Control-Request-Headers` lines than were kept.
-    too_many_lines: bool,
 }
 
 impl<'a> CorsHeaders<'a> {
-    fn add(&mut self, name: &str, value: &'a str) {
-        if name.eq_ignore_ascii_case("origin") {
-            self.origin = Some(if self.origin.is_some() { SEVERAL_ORIGINS } else { value });
-        } else if name.eq_ignore_ascii_case("access-control-request-method") {
+    /// Reads one header line; names are compared as bytes, and only the
+    /// values of the four CORS request headers are read as text.
+    fn add(&mut self, name: &[u8], value: &'a [u8]) {
+        let value = || std::str::from_utf8(value).unwrap_or(NOT_TEXT);
+        if name.eq_ignore_ascii_case(b"origin") {
+            self.origin = Some(if self.origin.is_some() {
+                SEVERAL_ORIGINS
+            } else {
+                value()
+            });
+        } else if name.eq_ignore_ascii_case(b"access-control-request-method") {
             // Several lines make a list, which is not a method: denied.
-            self.request_method = Some(if self.request_method.is_some() { "," } else { value });
-        } else if name.eq_ignore_ascii_case("access-control-request-headers") {
-            self.too_many_lines |= self.request_headers.try_push(value).is_err();
-        } else if name.eq_ignore_ascii_case("access-control-request-private-network") {
-            self.private_network = value.trim().eq_ignore_ascii_case("true");
+            self.request_method = Some(if self.request_method.is_some() { "," } else { value() });
+        } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
+            self.request_headers.push(value());
+        } else if name.eq_ignore_ascii_case(b"access-control-request-private-network") {
+            self.private_network = value().trim().eq_ignore_ascii_case("true");
         }
     }
 
     /// From `header_map` when Envoy sends raw headers, else from `headers`.
-    fn read(http: &'a HttpRequest) -> Self {
+    fn read(http: &'a AuthzHttp) -> Self {
         let mut headers = CorsHeaders::default();
         match &http.header_map {
             Some(map) if !map.headers.is_empty() => {
                 for h in &map.headers {
-                    let value = if h.raw_value.is_empty() {
-                        h.value.as_str()
-                    } else {
-                        // Not UTF-8: cannot be a legal value of these headers.
-                        std::str::from_utf8(&h.raw_value).unwrap_or("\u{0}")
-                    };
+                    let value = if h.raw_value.is_empty() { &h.value } else { &h.raw_value };
                     headers.add(&h.key, value);
                 }
             }
             _ => {
-                for (name, value) in &http.headers {
-                    headers.add(name, value);
+                for h in &http.headers {
+                    headers.add(&h.key, &h.value);
                 }
             }
         }
@@ -87,45 +112,13 @@ impl<'a> CorsHeaders<'a> {
 
 #[tonic::async_trait]
 impl Authorization for AuthorizationService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let Some(http) = request
-            .get_ref()
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref()?.http.as_ref())
-        else {
-            return Err(Status::invalid_argument(
-                "the check request has no HTTP request attributes",
-            ));
-        };
-        let headers = CorsHeaders::read(http);
-        // Over the line limit: a header list the parse would refuse anyway.
-        let hostile = ["\u{0}"];
-        let request_headers: &[&str] = if headers.too_many_lines {
-            &hostile
-        } else {
-            &headers.request_headers
-        };
-        let snapshot = self.store.load();
-        let decision = decide(
-            &snapshot.policy,
-            &crate::core::Request {
-                origin: headers.origin,
-                method: &http.method,
-                request_method: headers.request_method,
-                request_headers,
-                request_private_network: headers.private_network,
-                scheme: &http.scheme,
-                authority: &http.host,
-                path: &http.path,
-            },
-        );
-        trace_decision("Authorization/Check", headers.origin, &http.method, &decision);
-        Ok(Response::new(to_check_response(&decision)))
+    async fn check(&self, request: Request<AuthzCall>) -> Result<Response<Encoded>, Status> {
+        self.answer(request.get_ref()).map(Response::new)
     }
 }
 
-/// Maps a decision onto Envoy's `CheckResponse`.
+/// A decision as Envoy's `CheckResponse`: the readable mapping, which
+/// [`encode_check_response`] writes without building.
 pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
     let mut response = CheckResponse::new();
     if decision.respond_status == 0 {
@@ -157,15 +150,140 @@ pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
         if code == HttpStatusCode::Forbidden {
             denied.add_header(
                 "content-type",
-                "text/plain; charset=utf-8",
+                TEXT_PLAIN,
                 Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                 false,
             );
-            denied.set_body(format!("CORS request denied: {}\n", decision.reason.as_str()));
+            denied.set_body(denied_body(decision.reason).concat());
         }
         response
             .set_status(Status::permission_denied(decision.reason.as_str()))
             .set_http_response(denied);
     }
     response
+}
+
+/// The body of a 403, in pieces: it names the reason.
+fn denied_body(reason: Reason) -> [&'static str; 3] {
+    ["CORS request denied: ", reason.as_str(), "\n"]
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Field numbers of the messages of a `CheckResponse` (Envoy's
+/// `service/auth/v3/external_auth.proto`, `google/rpc/status.proto`,
+/// `config/core/v3/base.proto` and `type/v3/http_status.proto`).
+mod field {
+    pub const STATUS: u32 = 1;
+    pub const DENIED_RESPONSE: u32 = 2;
+    pub const OK_RESPONSE: u32 = 3;
+    pub const STATUS_CODE: u32 = 1;
+    pub const STATUS_MESSAGE: u32 = 2;
+    pub const DENIED_HTTP_STATUS: u32 = 1;
+    pub const DENIED_HEADERS: u32 = 2;
+    pub const DENIED_BODY: u32 = 3;
+    pub const HTTP_STATUS_CODE: u32 = 1;
+    pub const OK_RESPONSE_HEADERS_TO_ADD: u32 = 6;
+    pub const OPTION_HEADER: u32 = 1;
+    pub const OPTION_APPEND_ACTION: u32 = 3;
+    pub const HEADER_KEY: u32 = 1;
+    pub const HEADER_VALUE: u32 = 2;
+}
+
+/// One `HeaderValueOption` to write.
+#[derive(Clone, Copy)]
+struct HeaderOption<'a> {
+    key: &'a str,
+    value: &'a str,
+    action: HeaderAppendAction,
+}
+
+impl HeaderOption<'_> {
+    fn header_len(&self) -> usize {
+        str_len(field::HEADER_KEY, self.key) + str_len(field::HEADER_VALUE, self.value)
+    }
+
+    fn len(&self) -> usize {
+        sub_len(field::OPTION_HEADER, self.header_len()) + varint_len(field::OPTION_APPEND_ACTION, self.action as u64)
+    }
+
+    fn put(&self, tag: u32, out: &mut Writer) {
+        out.put_sub(tag, self.len());
+        out.put_sub(field::OPTION_HEADER, self.header_len());
+        out.put_str(field::HEADER_KEY, self.key);
+        out.put_str(field::HEADER_VALUE, self.value);
+        out.put_varint(field::OPTION_APPEND_ACTION, self.action as u64);
+    }
+}
+
+/// Writes a decision as Envoy's `CheckResponse`: the bytes prost writes for
+/// [`to_check_response`], without building it.
+pub fn encode_check_response(decision: &Decision<'_>) -> Encoded {
+    use field::*;
+    let direct = decision.respond_status != 0;
+    let forbidden = direct && decision.respond_status != 204;
+    let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd;
+    let mut options: ArrayVec<HeaderOption<'_>, 8> = decision
+        .response_headers
+        .iter()
+        .map(|h| HeaderOption {
+            key: h.name.as_str(),
+            value: &h.value,
+            action: if h.append && !direct {
+                HeaderAppendAction::AppendIfExistsOrAdd
+            } else {
+                overwrite
+            },
+        })
+        .collect();
+    let body = if forbidden {
+        denied_body(decision.reason)
+    } else {
+        [""; 3]
+    };
+    if forbidden {
+        // A decision has at most seven headers; this is the eighth.
+        let _ = options.try_push(HeaderOption {
+            key: "content-type",
+            value: TEXT_PLAIN,
+            action: overwrite,
+        });
+    }
+
+    let (code, message) = if direct {
+        (Code::PermissionDenied, decision.reason.as_str())
+    } else {
+        (Code::Ok, "")
+    };
+    let status_len = varint_len(STATUS_CODE, code as u64) + str_len(STATUS_MESSAGE, message);
+    let (response, headers) = if direct {
+        (DENIED_RESPONSE, DENIED_HEADERS)
+    } else {
+        (OK_RESPONSE, OK_RESPONSE_HEADERS_TO_ADD)
+    };
+    let http_code = if forbidden {
+        HttpStatusCode::Forbidden
+    } else {
+        HttpStatusCode::NoContent
+    };
+    let http_status_len = varint_len(HTTP_STATUS_CODE, http_code as u64);
+    let mut response_len = options.iter().map(|o| sub_len(headers, o.len())).sum::<usize>();
+    if direct {
+        response_len += sub_len(DENIED_HTTP_STATUS, http_status_len) + strs_len(DENIED_BODY, &body);
+    }
+
+    let mut out = Writer::with_len(sub_len(STATUS, status_len) + sub_len(response, response_len));
+    out.put_sub(STATUS, status_len);
+    out.put_varint(STATUS_CODE, code as u64);
+    out.put_str(STATUS_MESSAGE, message);
+    out.put_sub(response, response_len);
+    if direct {
+        out.put_sub(DENIED_HTTP_STATUS, http_status_len);
+        out.put_varint(HTTP_STATUS_CODE, http_code as u64);
+    }
+    for option in &options {
+        option.put(headers, &mut out);
+    }
+    out.put_strs(DENIED_BODY, &body);
+    out.finish()
 }

@@ -4,6 +4,7 @@
 
 pub mod cors_policy;
 pub mod ext_authz;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,15 @@ pub mod pb {
 
     /// The encoded file descriptor set, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corsd_descriptor");
+}
+
+/// The server side of `corsd.v1.CorsPolicy` and of Envoy's
+/// `envoy.service.auth.v3.Authorization`, generated without messages of their
+/// own: the hot calls take and return the [`wire`] forms (see `build.rs`).
+pub mod stubs {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/stubs/corsd.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/stubs/envoy.service.auth.v3.rs"));
 }
 
 /// The largest request message corsd decodes: a legal CheckOrigin request is
@@ -63,9 +73,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let cors = pb::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::new(store.clone()))
+    let cors = stubs::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::AuthorizationService::new(store))
+    let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::new(store))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     Server::builder()

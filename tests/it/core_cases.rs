@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use corsd::core::{Policy, Request, decide};
+use corsd::core::{Policy, decide};
 
 #[test]
 fn decision_table() {
@@ -11,18 +11,7 @@ fn decision_table() {
         .map(|(name, text)| (name, Policy::compile("case", text.as_bytes()).unwrap().policy))
         .collect();
     common::replay(|_, r, _| {
-        let policy = &policies[&r.policy];
-        let request = Request {
-            origin: r.origin.as_deref(),
-            method: &r.method,
-            request_method: r.request_method.as_deref(),
-            request_headers: &r.request_headers,
-            request_private_network: r.private_network,
-            scheme: &r.scheme,
-            authority: &r.authority,
-            path: &r.path,
-        };
-        let d = decide(policy, &request);
+        let d = decide(&policies[&r.policy], &r.request());
         Some(common::Outcome {
             verdict: d.verdict.as_str().to_owned(),
             reason: d.reason.as_str().to_owned(),

@@ -5,6 +5,13 @@ use std::path::Path;
 
 use corsd::core::origin::parse_request_origin;
 use corsd::core::{OriginPattern, Policy};
+use corsd::grpc::cors_policy::CorsPolicyService;
+use corsd::grpc::ext_authz::AuthorizationService;
+use corsd::grpc::pb::CheckOriginResponse;
+use corsd::grpc::wire::{AuthzCall, CheckOriginCall};
+use corsd::store::PolicyStore;
+use envoy_types::ext_authz::v3::pb::CheckResponse;
+use prost::Message;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,5 +48,16 @@ fn fuzz_regressions_stay_fixed() {
     for (name, bytes) in inputs("policy") {
         println!("{name}");
         let _ = Policy::compile("regression.toml", &bytes);
+    }
+    let store = PolicyStore::for_test("[[entries]]\norigin = \"https://*.example.com\"\n").unwrap();
+    let (cors, authz) = (CorsPolicyService::new(store.clone()), AuthorizationService::new(store));
+    for (name, bytes) in inputs("calls") {
+        println!("{name}");
+        if let Ok(Ok(answer)) = CheckOriginCall::decode(&bytes[..]).map(|call| cors.answer(&call)) {
+            CheckOriginResponse::decode(answer.as_bytes()).unwrap();
+        }
+        if let Ok(Ok(answer)) = AuthzCall::decode(&bytes[..]).map(|call| authz.answer(&call)) {
+            CheckResponse::decode(answer.as_bytes()).unwrap();
+        }
     }
 }

@@ -22,3 +22,4 @@ mod properties;
 mod reload;
 mod serve_process;
 mod service;
+mod wire;

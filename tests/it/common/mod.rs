@@ -119,6 +119,22 @@ pub struct Resolved {
     pub path: String,
 }
 
+impl Resolved {
+    /// The request as the core takes it.
+    pub fn request(&self) -> corsd::core::Request<'_, String> {
+        corsd::core::Request {
+            origin: self.origin.as_deref(),
+            method: &self.method,
+            request_method: self.request_method.as_deref(),
+            request_headers: &self.request_headers,
+            request_private_network: self.private_network,
+            scheme: &self.scheme,
+            authority: &self.authority,
+            path: &self.path,
+        }
+    }
+}
+
 /// The decision cases, with their requests resolved against the defaults.
 pub fn decision_cases() -> Vec<(Case, Resolved)> {
     let text = std::fs::read_to_string(cases_dir().join("decide.toml")).unwrap();

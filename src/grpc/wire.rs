@@ -1,0 +1,279 @@
+//! The wire forms of corsd's two hot calls, `CheckOrigin` and ext_authz
+//! `Check`, which borrow where the generated messages copy:
+//!
+//! - Requests keep their strings as slices of the received buffer (`Bytes`),
+//!   and read only the fields a decision needs. Every other field is skipped
+//!   unread, so Envoy's full attribute context costs no allocation.
+//! - Answers are written straight from a decision into one buffer
+//!   ([`Encoded`]). No message of owned strings is built on the way.
+//!
+//! The generated messages (`pb`, `envoy-types`) stay the reference. Tests hold
+//! these forms to them: decoding gives the same values, and encoding gives the
+//! same bytes.
+
+use arrayvec::ArrayVec;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field};
+use tonic::Status;
+
+/// Most `Access-Control-Request-Headers` lines a call may carry. More lines
+/// cannot pass the header-list parse anyway (it takes at most 64 names and
+/// 16 empty elements), so the extra lines stand for a list that is refused.
+pub const MAX_REQUEST_HEADER_LINES: usize = 96;
+
+/// `corsd.v1.CheckOriginRequest`, its strings left in the received buffer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckOriginCall {
+    /// `origin`; absent: no `Origin` header.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub origin: Option<Bytes>,
+    /// `method`.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub method: Bytes,
+    /// `access_control_request_method`; absent: no such header.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub access_control_request_method: Option<Bytes>,
+    /// `access_control_request_headers`, one element per header line.
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    pub access_control_request_headers: Vec<Bytes>,
+    /// `scheme` of the target.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub scheme: Bytes,
+    /// `authority`: the target's `host[:port]`.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub authority: Bytes,
+    /// `path`, maybe with a query.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub path: Bytes,
+    /// `access_control_request_private_network`.
+    #[prost(bool, tag = "8")]
+    pub access_control_request_private_network: bool,
+}
+
+/// `envoy.service.auth.v3.CheckRequest`, down to the HTTP request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzCall {
+    /// `attributes`.
+    #[prost(message, optional, tag = "1")]
+    pub attributes: Option<AuthzAttributes>,
+}
+
+/// `AttributeContext`: only `request` is read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzAttributes {
+    /// `request`.
+    #[prost(message, optional, tag = "4")]
+    pub request: Option<AuthzRequest>,
+}
+
+/// `AttributeContext.Request`: only `http` is read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzRequest {
+    /// `http`.
+    #[prost(message, optional, tag = "2")]
+    pub http: Option<AuthzHttp>,
+}
+
+/// `AttributeContext.HttpRequest`: the method, target and headers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzHttp {
+    /// `method`.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub method: Bytes,
+    /// `headers`, a `map<string, string>`: on the wire, one key/value message
+    /// per entry. Envoy joins repeated header lines into one entry.
+    #[prost(message, repeated, tag = "3")]
+    pub headers: Vec<AuthzHeader>,
+    /// `path`.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub path: Bytes,
+    /// `host`.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub host: Bytes,
+    /// `scheme`.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub scheme: Bytes,
+    /// `header_map`, sent instead of `headers` when Envoy's
+    /// `encode_raw_headers` is on: one entry per header line.
+    #[prost(message, optional, tag = "13")]
+    pub header_map: Option<AuthzHeaderMap>,
+}
+
+/// One header: an entry of `HttpRequest.headers`, or a `config.core.v3.HeaderValue`
+/// (the same field numbers for the name and the value).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzHeader {
+    /// `key`: the name, lowercase.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
+    /// `value`, when it is UTF-8.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+    /// `raw_value` (a `HeaderValue` only): the value's bytes as sent.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub raw_value: Bytes,
+}
+
+/// `config.core.v3.HeaderMap`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthzHeaderMap {
+    /// `headers`.
+    #[prost(message, repeated, tag = "1")]
+    pub headers: Vec<AuthzHeader>,
+}
+
+/// A string field as text; proto3 strings are UTF-8, and a call whose are not
+/// is refused.
+pub fn text<'a>(field: &'static str, bytes: &'a [u8]) -> Result<&'a str, Status> {
+    std::str::from_utf8(bytes).map_err(|_| Status::invalid_argument(format!("`{field}` is not UTF-8")))
+}
+
+/// The `Access-Control-Request-Headers` lines of a call, borrowed.
+#[derive(Debug, Default)]
+pub struct HeaderLines<'a> {
+    lines: ArrayVec<&'a str, MAX_REQUEST_HEADER_LINES>,
+    too_many: bool,
+}
+
+impl<'a> HeaderLines<'a> {
+    /// Adds one line; past [`MAX_REQUEST_HEADER_LINES`] the list is refused.
+    pub fn push(&mut self, line: &'a str) {
+        self.too_many |= self.lines.try_push(line).is_err();
+    }
+
+    /// The lines, or for too many, one line no parse accepts.
+    pub fn as_slice(&self) -> &[&'a str] {
+        if self.too_many { &["\u{0}"] } else { &self.lines }
+    }
+}
+
+/// A message already encoded: what a handler returns when it writes its answer
+/// straight from a decision, or a client sends when it encoded its request
+/// once. Encoding copies the bytes out; decoding into it keeps nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoded(Bytes);
+
+impl Encoded {
+    /// The encoded message.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Encoded {
+    fn from(bytes: Bytes) -> Self {
+        Encoded(bytes)
+    }
+}
+
+impl prost::Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Writes one message: the caller sums its length from the `*_len` functions
+/// first, then writes the same fields in tag order with the `put_*` methods.
+/// As prost does, a scalar field at its default value is left out, and a
+/// present sub-message is written even when empty.
+#[derive(Debug)]
+pub struct Writer {
+    out: Vec<u8>,
+    len: usize,
+}
+
+impl Writer {
+    /// A writer for a message of `len` bytes.
+    pub fn with_len(len: usize) -> Self {
+        Writer {
+            out: Vec::with_capacity(len),
+            len,
+        }
+    }
+
+    /// A string field.
+    pub fn put_str(&mut self, tag: u32, value: &str) {
+        self.put_strs(tag, &[value]);
+    }
+
+    /// A string field written in pieces.
+    pub fn put_strs(&mut self, tag: u32, pieces: &[&str]) {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        if len != 0 {
+            self.put_sub(tag, len);
+            for piece in pieces {
+                self.out.put_slice(piece.as_bytes());
+            }
+        }
+    }
+
+    /// A varint field: an enum, a `uint32`, a non-negative `int32` or a `bool`.
+    pub fn put_varint(&mut self, tag: u32, value: u64) {
+        if value != 0 {
+            encode_key(tag, WireType::Varint, &mut self.out);
+            encode_varint(value, &mut self.out);
+        }
+    }
+
+    /// The key and length of a sub-message whose fields follow.
+    pub fn put_sub(&mut self, tag: u32, len: usize) {
+        encode_key(tag, WireType::LengthDelimited, &mut self.out);
+        encode_varint(len as u64, &mut self.out);
+    }
+
+    /// The message written.
+    pub fn finish(self) -> Encoded {
+        debug_assert_eq!(
+            self.out.len(),
+            self.len,
+            "the length summed differs from the length written"
+        );
+        // Written to its capacity, the buffer becomes `Bytes` without a copy.
+        Encoded(Bytes::from(self.out))
+    }
+}
+
+/// Length of a string field.
+pub fn str_len(tag: u32, value: &str) -> usize {
+    strs_len(tag, &[value])
+}
+
+/// Length of a string field written in pieces.
+pub fn strs_len(tag: u32, pieces: &[&str]) -> usize {
+    match pieces.iter().map(|p| p.len()).sum() {
+        0 => 0,
+        len => sub_len(tag, len),
+    }
+}
+
+/// Length of a varint field.
+pub fn varint_len(tag: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(value)
+    }
+}
+
+/// Length of a present sub-message whose own fields take `len` bytes.
+pub fn sub_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}

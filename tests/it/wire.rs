@@ -1,0 +1,172 @@
+//! The zero-copy wire forms agree with the generated messages: answers are
+//! the same bytes prost writes, requests read the same values prost reads, and
+//! a served call whose strings are not UTF-8 is refused by name.
+
+use std::collections::HashMap;
+
+use corsd::core::{Policy, decide};
+use corsd::grpc::cors_policy::{encode_check_origin, to_proto};
+use corsd::grpc::ext_authz::{encode_check_response, to_check_response};
+use corsd::grpc::pb::CheckOriginRequest;
+use corsd::grpc::wire::{AuthzCall, CheckOriginCall, Encoded};
+use corsd::store::PolicyStore;
+use envoy_types::pb::envoy::config::core::v3::{Address, HeaderMap, HeaderValue, Metadata};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use proptest::prelude::*;
+use prost::Message;
+use prost::bytes::Bytes;
+use tonic::Code;
+
+use crate::common;
+use crate::common::serve::TestServer;
+
+#[test]
+fn answers_are_the_bytes_prost_writes_for_every_case() {
+    let policies: HashMap<String, Policy> = common::policies()
+        .into_iter()
+        .map(|(name, text)| (name, Policy::compile("case", text.as_bytes()).unwrap().policy))
+        .collect();
+    let mut failures = Vec::new();
+    for (case, r) in common::decision_cases() {
+        let decision = decide(&policies[&r.policy], &r.request());
+        if encode_check_origin(&decision).as_bytes() != to_proto(&decision).encode_to_vec() {
+            failures.push(format!("{}: CheckOriginResponse differs", case.name));
+        }
+        if encode_check_response(&decision).as_bytes() != to_check_response(&decision).encode_to_vec() {
+            failures.push(format!("{}: CheckResponse differs", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "\\PC{0,40}"
+}
+
+fn header() -> impl Strategy<Value = (String, String)> {
+    (
+        prop_oneof![
+            Just("origin".to_owned()),
+            Just("access-control-request-method".to_owned()),
+            "[a-z-]{1,20}"
+        ],
+        text(),
+    )
+}
+
+proptest! {
+    #[test]
+    fn check_origin_calls_read_what_prost_reads(
+        origin in prop::option::of(text()),
+        method in text(),
+        request_method in prop::option::of(text()),
+        request_headers in prop::collection::vec(text(), 0..4),
+        private_network in any::<bool>(),
+        (scheme, authority, path) in (text(), text(), text()),
+    ) {
+        let request = CheckOriginRequest {
+            origin,
+            method,
+            access_control_request_method: request_method,
+            access_control_request_headers: request_headers,
+            scheme,
+            authority,
+            path,
+            access_control_request_private_network: private_network,
+        };
+        let call = CheckOriginCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
+        let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+        prop_assert_eq!(call.origin.as_ref().map(utf8), request.origin);
+        prop_assert_eq!(utf8(&call.method), request.method);
+        prop_assert_eq!(call.access_control_request_method.as_ref().map(utf8), request.access_control_request_method);
+        prop_assert_eq!(call.access_control_request_headers.iter().map(utf8).collect::<Vec<_>>(), request.access_control_request_headers);
+        prop_assert_eq!(utf8(&call.scheme), request.scheme);
+        prop_assert_eq!(utf8(&call.authority), request.authority);
+        prop_assert_eq!(utf8(&call.path), request.path);
+        prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
+    }
+
+    /// Envoy's full attribute context, with peers, extensions and metadata
+    /// around the HTTP request, reads down to the same method, target and headers.
+    #[test]
+    fn authz_calls_read_what_prost_reads(
+        headers in prop::collection::hash_map("[a-z-]{1,20}", text(), 0..12),
+        raw in prop::collection::vec(header(), 0..6),
+        (method, host, path, scheme) in (text(), text(), text(), text()),
+        noise in text(),
+    ) {
+        let peer = Peer {
+            address: Some(Address::default()),
+            service: noise.clone(),
+            labels: HashMap::from([(noise.clone(), noise.clone())]),
+            principal: noise.clone(),
+            certificate: noise.clone(),
+        };
+        let http = HttpRequest {
+            id: noise.clone(),
+            method,
+            headers,
+            header_map: (!raw.is_empty()).then(|| HeaderMap {
+                headers: raw
+                    .iter()
+                    .map(|(key, value)| HeaderValue { key: key.clone(), value: String::new(), raw_value: value.clone().into_bytes() })
+                    .collect(),
+            }),
+            path,
+            host,
+            scheme,
+            query: noise.clone(),
+            protocol: "HTTP/2".into(),
+            body: noise.clone(),
+            raw_body: noise.clone().into_bytes(),
+            ..Default::default()
+        };
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(peer.clone()),
+                destination: Some(peer),
+                request: Some(AttrRequest { time: None, http: Some(http) }),
+                context_extensions: HashMap::from([(noise.clone(), noise)]),
+                metadata_context: Some(Metadata::default()),
+                ..Default::default()
+            }),
+        };
+        let call = AuthzCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
+        let http = call.attributes.unwrap().request.unwrap().http.unwrap();
+        let want = request.attributes.unwrap().request.unwrap().http.unwrap();
+        let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+        prop_assert_eq!(utf8(&http.method), want.method);
+        prop_assert_eq!(utf8(&http.host), want.host);
+        prop_assert_eq!(utf8(&http.path), want.path);
+        prop_assert_eq!(utf8(&http.scheme), want.scheme);
+        let read: HashMap<String, String> = http.headers.iter().map(|h| (utf8(&h.key), utf8(&h.value))).collect();
+        prop_assert_eq!(read, want.headers);
+        let read_raw: Vec<(String, String)> = http
+            .header_map
+            .map(|m| m.headers.iter().map(|h| (utf8(&h.key), utf8(&h.raw_value))).collect())
+            .unwrap_or_default();
+        prop_assert_eq!(read_raw, raw);
+    }
+}
+
+#[tokio::test]
+async fn strings_that_are_not_utf8_are_refused_by_name() {
+    let server =
+        TestServer::start(PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    // CheckOriginRequest with `method` (field 2) = "GE\xFF".
+    let request: Encoded = Bytes::from_static(b"\x12\x03GE\xFF").into();
+    grpc.ready().await.unwrap();
+    let refused = grpc
+        .unary(
+            tonic::Request::new(request),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/corsd.v1.CorsPolicy/CheckOrigin"),
+            tonic_prost::ProstCodec::<Encoded, Encoded>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.message(), "`method` is not UTF-8");
+    server.stop().await;
+}
