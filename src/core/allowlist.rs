@@ -49,9 +49,16 @@ impl Default for Children {
 }
 
 impl Children {
+    #[inline(always)]
     fn get(&self, label: &str) -> Option<u32> {
         match self {
-            Children::Few(list) => list.iter().find(|(l, _)| **l == *label).map(|&(_, node)| node),
+            // Length and first byte settle most comparisons without a call to `memcmp`.
+            Children::Few(list) => list
+                .iter()
+                .find(|(l, _)| {
+                    l.len() == label.len() && l.as_bytes().first() == label.as_bytes().first() && **l == *label
+                })
+                .map(|&(_, node)| node),
             Children::Many(map) => map.get(label).copied(),
         }
     }
@@ -187,13 +194,18 @@ pub fn matches(pattern: &OriginPattern, origin: &OriginTuple<'_>) -> bool {
 /// them: lowercase, and any `xn--` label valid punycode. Matching is byte for
 /// byte, so `WWW.example.com` is no subdomain of `*.example.com`.
 fn is_serialized_name(labels: &str) -> bool {
-    if labels.bytes().any(|b| b.is_ascii_uppercase()) {
-        return false;
+    // One pass: most names have no capitals and no `xn--` label.
+    let bytes = labels.as_bytes();
+    let mut punycode = false;
+    let mut label_start = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_uppercase() {
+            return false;
+        }
+        punycode |= label_start && b == b'x' && bytes.get(i..i + 4) == Some(b"xn--");
+        label_start = b == b'.';
     }
-    if !labels.split('.').any(|l| l.starts_with("xn--")) {
-        return true;
-    }
-    idna::domain_to_ascii_cow(labels.as_bytes(), idna::AsciiDenyList::URL).is_ok_and(|ascii| ascii == labels)
+    !punycode || idna::domain_to_ascii_cow(bytes, idna::AsciiDenyList::URL).is_ok_and(|ascii| ascii == labels)
 }
 
 /// The labels of a host name, rightmost first; a trailing dot yields an
@@ -213,10 +225,11 @@ impl<'a> Iterator for ReversedLabels<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let rest = self.rest?;
-        match rest.rsplit_once('.') {
-            Some((left, label)) => {
-                self.rest = Some(left);
-                Some(label)
+        // Labels are short: a plain scan beats a call to `memrchr`.
+        match rest.bytes().rposition(|b| b == b'.') {
+            Some(dot) => {
+                self.rest = rest.get(..dot);
+                rest.get(dot + 1..)
             }
             None => {
                 self.rest = None;
@@ -267,6 +280,40 @@ mod tests {
             "https://a.example.com:8443",
             "https://a.example.com.",
             "https://A.EXAMPLE.COM",
+        ] {
+            assert_eq!(hit(&p, &idx, miss), None, "{miss}");
+        }
+    }
+
+    #[test]
+    fn exact_origins_match_byte_for_byte_beside_wildcards() {
+        let (p, idx) = list(&[
+            "https://*.example.com",
+            "https://a.example.com",
+            "http://localhost:3000",
+            "https://[2001:db8::1]",
+            "https://192.0.2.7:8443",
+            "chrome-extension://abdkkegmcbiomijcbdaodaflgehfffed",
+        ]);
+        assert_eq!(hit(&p, &idx, "https://a.example.com"), Some("https://a.example.com"));
+        assert_eq!(hit(&p, &idx, "https://b.a.example.com"), Some("https://*.example.com"));
+        assert_eq!(hit(&p, &idx, "http://localhost:3000"), Some("http://localhost:3000"));
+        assert_eq!(hit(&p, &idx, "https://[2001:db8::1]"), Some("https://[2001:db8::1]"));
+        assert_eq!(hit(&p, &idx, "https://192.0.2.7:8443"), Some("https://192.0.2.7:8443"));
+        assert_eq!(
+            hit(&p, &idx, "chrome-extension://abdkkegmcbiomijcbdaodaflgehfffed"),
+            Some("chrome-extension://abdkkegmcbiomijcbdaodaflgehfffed")
+        );
+        for miss in [
+            "http://a.example.com",
+            "https://a.example.com:443",
+            "http://localhost",
+            "https://localhost:3000",
+            "http://localhost:3001",
+            "https://192.0.2.7",
+            "https://192.0.2.8:8443",
+            "moz-extension://abdkkegmcbiomijcbdaodaflgehfffed",
+            "https://abdkkegmcbiomijcbdaodaflgehfffed",
         ] {
             assert_eq!(hit(&p, &idx, miss), None, "{miss}");
         }

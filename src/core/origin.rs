@@ -117,39 +117,61 @@ fn unexpected(byte: Option<u8>, otherwise: &'static str) -> Malformed {
 const MALFORMED_HOST: &str = "the Origin header's host is malformed";
 const MALFORMED_PORT: &str = "the Origin header's port is malformed";
 
+/// Which bytes a DNS label holds: letters, digits, `_` and `-`.
+const LABEL_BYTES: [bool; 256] = label_bytes();
+
+#[expect(clippy::indexing_slicing, reason = "the loop stays within the table")]
+const fn label_bytes() -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0u8;
+    while b < 128 {
+        table[b as usize] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        b += 1;
+    }
+    table
+}
+
+#[expect(clippy::indexing_slicing, reason = "a byte indexes a 256-entry table")]
+fn is_label_byte(b: u8) -> bool {
+    LABEL_BYTES[usize::from(b)]
+}
+
+/// Whether `label` is 1-63 label bytes, not starting or ending with `-`
+/// (its bytes are already known to be label bytes).
+fn is_label(label: &[u8]) -> bool {
+    !label.is_empty() && label.len() <= MAX_LABEL_LEN && label.first() != Some(&b'-') && label.last() != Some(&b'-')
+}
+
 /// `name[:port]`: the name's labels checked as they go by ([`check_dns_name`]
-/// says the same in several passes, for allowlist patterns).
+/// says the same in several passes, for allowlist patterns). The loop only
+/// classifies bytes; each label's length and hyphens are checked at its end.
 fn scan_name_authority(authority: &str) -> Result<(&str, Option<u16>), Malformed> {
     let bytes = authority.as_bytes();
-    let mut label_len = 0usize;
     let mut label_start = 0usize;
     let mut last_label = (0usize, 0usize);
-    let mut previous = b'.';
     let mut host_len = bytes.len();
     for (i, &b) in bytes.iter().enumerate() {
+        if is_label_byte(b) {
+            continue;
+        }
         match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => label_len += 1,
-            b'-' if label_len > 0 => label_len += 1,
-            b'.' if label_len > 0 && previous != b'-' => {
+            b'.' if is_label(bytes.get(label_start..i).unwrap_or_default()) => {
                 last_label = (label_start, i);
                 label_start = i + 1;
-                label_len = 0;
             }
+            b'.' => return Err(Malformed(MALFORMED_HOST)),
             b':' => {
                 host_len = i;
                 break;
             }
             other => return Err(unexpected(Some(other), MALFORMED_HOST)),
         }
-        if label_len > MAX_LABEL_LEN {
-            return Err(Malformed(MALFORMED_HOST));
-        }
-        previous = b;
     }
+    let label_len = host_len - label_start;
     let (host, port) = authority.split_at(host_len);
     let trailing_dot = label_len == 0;
     if label_len > 0 {
-        if previous == b'-' {
+        if !is_label(bytes.get(label_start..host_len).unwrap_or_default()) {
             return Err(Malformed(MALFORMED_HOST));
         }
         last_label = (label_start, host_len);
