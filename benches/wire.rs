@@ -80,7 +80,7 @@ fn calls(c: &mut Criterion) {
         group.bench_function(format!("check_origin_{name}"), |b| {
             b.iter(|| call(&rt, black_box(&request), &mut out, async |r| cors.check_origin(r).await))
         });
-        let request = encoded(&authz_request(origin));
+        let request = encoded(&authz_request(origin, true));
         group.bench_function(format!("ext_authz_{name}"), |b| {
             b.iter(|| {
                 call(&rt, black_box(&request), &mut out, async |r| {

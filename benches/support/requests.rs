@@ -40,10 +40,12 @@ pub fn check_origin_request(origin: &str) -> CheckOriginRequest {
     }
 }
 
-/// The request as Envoy's ext_authz filter carries it.
-pub fn authz_request(origin: &str) -> CheckRequest {
+/// The request as Envoy's ext_authz filter carries it: with the `Origin`
+/// alone (what `CheckOrigin` carries too), or with all of a browser's headers.
+pub fn authz_request(origin: &str, browser_headers: bool) -> CheckRequest {
     let mut headers: HashMap<String, String> = BROWSER_HEADERS
         .iter()
+        .filter(|_| browser_headers)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     headers.insert("origin".into(), origin.into());
