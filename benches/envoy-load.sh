@@ -124,6 +124,8 @@ authz() { # cluster
               transport_api_version: V3
               grpc_service: { envoy_grpc: { cluster_name: $1 }, timeout: 0.25s }
               failure_mode_allow: false
+              # As deploy/envoy/envoy.yaml: only the headers corsd reads.
+              allowed_headers: { patterns: [ { exact: origin }, { prefix: access-control-request- } ] }
 YAML
 }
 cluster() { # name port
