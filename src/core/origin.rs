@@ -72,6 +72,28 @@ pub fn parse_request_origin(value: &str) -> Result<RequestOrigin<'_>, Malformed>
     if value == "null" {
         return Ok(RequestOrigin::Null);
     }
+    let (scheme, authority) = match value.split_at_checked(HTTPS.len()) {
+        // Nearly every origin is https: no need to scan for the scheme's end.
+        Some((https, authority)) if https == HTTPS => ("https", authority),
+        _ => split_scheme(value)?,
+    };
+    let (host, port) = if authority.starts_with('[') {
+        scan_ipv6_authority(authority)?
+    } else {
+        scan_name_authority(authority)?
+    };
+    Ok(RequestOrigin::Tuple(OriginTuple {
+        serialized: value,
+        scheme,
+        host,
+        port,
+    }))
+}
+
+const HTTPS: &str = "https://";
+
+/// `scheme://` and the rest, for any scheme.
+fn split_scheme(value: &str) -> Result<(&str, &str), Malformed> {
     let bytes = value.as_bytes();
     let scheme_len = bytes
         .iter()
@@ -87,17 +109,7 @@ pub fn parse_request_origin(value: &str) -> Result<RequestOrigin<'_>, Malformed>
     if !bytes.first().is_some_and(u8::is_ascii_alphabetic) {
         return Err(Malformed("the Origin header's scheme is not a URL scheme"));
     }
-    let (host, port) = if authority.starts_with('[') {
-        scan_ipv6_authority(authority)?
-    } else {
-        scan_name_authority(authority)?
-    };
-    Ok(RequestOrigin::Tuple(OriginTuple {
-        serialized: value,
-        scheme,
-        host,
-        port,
-    }))
+    Ok((scheme, authority))
 }
 
 /// Why a byte that no origin holds is there.
