@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use super::origin::OriginTuple;
+use super::origin::{OriginTuple, RequestOrigin, parse_request_origin};
 use super::pattern::{OriginPattern, PatternKind, WebScheme};
 
 /// Index of an entry in the policy's entry list (file order).
@@ -29,6 +29,10 @@ struct LabelNode {
     children: Children,
     /// Wildcards whose base ends at this node; a handful at most.
     subdomains: Vec<SubdomainEntry>,
+    /// Some exact origin's host is one label below this node. Exact hosts
+    /// leave their parent domains in the tree, so a host whose parent is not
+    /// in it cannot be an exact entry, and its lookup skips the exact map.
+    exact_children: bool,
 }
 
 /// Most nodes have a handful of children, found faster by comparing than by
@@ -52,12 +56,11 @@ impl Children {
     #[inline(always)]
     fn get(&self, label: &str) -> Option<u32> {
         match self {
-            // Length and first byte settle most comparisons without a call to `memcmp`.
+            // Labels are short: compared byte by byte in place, without a call
+            // to `memcmp`, and most differ in length or first byte.
             Children::Few(list) => list
                 .iter()
-                .find(|(l, _)| {
-                    l.len() == label.len() && l.as_bytes().first() == label.as_bytes().first() && **l == *label
-                })
+                .find(|(l, _)| l.len() == label.len() && l.bytes().zip(label.bytes()).all(|(a, b)| a == b))
                 .map(|&(_, node)| node),
             Children::Many(map) => map.get(label).copied(),
         }
@@ -103,6 +106,12 @@ impl Allowlist {
         match pattern.kind() {
             PatternKind::Exact => {
                 self.exact.entry(pattern.as_str().into()).or_insert(entry);
+                // An exact pattern is an origin's serialisation, so it parses
+                // into the host of any request origin equal to it byte for
+                // byte; one that did not parse could equal none.
+                if let Ok(RequestOrigin::Tuple(origin)) = parse_request_origin(pattern.as_str()) {
+                    self.mark_exact_parent(origin.host);
+                }
             }
             PatternKind::Subdomains { scheme, base, port } => {
                 let mut node = 0usize;
@@ -123,6 +132,19 @@ impl Allowlist {
         }
     }
 
+    /// Puts the parent domain of an exact host in the tree, marked.
+    fn mark_exact_parent(&mut self, host: &str) {
+        let mut labels = ReversedLabels::new(host);
+        let mut node = 0usize;
+        // Every label but the host's first, which is the exact host itself.
+        while let (Some(label), Some(_)) = (labels.next(), labels.rest) {
+            node = self.child_or_insert(node, label);
+        }
+        if let Some(parent) = self.nodes.get_mut(node) {
+            parent.exact_children = true;
+        }
+    }
+
     fn child_or_insert(&mut self, node: usize, label: &str) -> usize {
         let next = self.nodes.len();
         let Some(parent) = self.nodes.get_mut(node) else {
@@ -140,18 +162,20 @@ impl Allowlist {
     /// byte for byte, else the deepest wildcard whose base is a proper
     /// suffix of its host at a label boundary, with the same scheme and port.
     pub fn find(&self, origin: &OriginTuple<'_>) -> Option<EntryIndex> {
-        if let Some(&entry) = self.exact.get(origin.serialized) {
-            return Some(entry);
-        }
         let scheme = match origin.scheme {
-            "https" => WebScheme::Https,
-            "http" => WebScheme::Http,
-            _ => return None,
+            "https" => Some(WebScheme::Https),
+            "http" => Some(WebScheme::Http),
+            _ => None,
         };
         let mut node = self.nodes.first()?;
         let mut best = None;
+        let mut maybe_exact = false;
         let mut labels = ReversedLabels::new(origin.host);
         while let Some(label) = labels.next() {
+            if labels.rest.is_none() {
+                // The host's first label: an exact host would be its child here.
+                maybe_exact = node.exact_children;
+            }
             let Some(child) = node.children.get(label) else {
                 break;
             };
@@ -160,11 +184,14 @@ impl Allowlist {
                 && let Some(hit) = node
                     .subdomains
                     .iter()
-                    .find(|s| s.scheme == scheme && s.port == origin.port)
+                    .find(|s| Some(s.scheme) == scheme && s.port == origin.port)
                 && is_serialized_name(below)
             {
                 best = Some(hit.entry);
             }
+        }
+        if maybe_exact && let Some(&entry) = self.exact.get(origin.serialized) {
+            return Some(entry);
         }
         best
     }

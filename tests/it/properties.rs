@@ -119,6 +119,27 @@ proptest! {
         }
     }
 
+    /// Beside any wildcards, every exact entry allows its own origin, and
+    /// matches it rather than a wildcard.
+    #[test]
+    fn every_exact_entry_allows_its_own_origin(patterns in prop::collection::vec(pattern_text(), 1..8)) {
+        let mut text = String::new();
+        for p in &patterns {
+            text.push_str(&format!("[[entries]]\norigin = \"{p}\"\n"));
+        }
+        let Ok(compiled) = Policy::compile("p", text.as_bytes()) else { return Ok(()) };
+        let policy = compiled.policy;
+        for entry in policy.entries().iter().filter(|e| !e.pattern.as_str().contains("://*.")) {
+            let origin = entry.pattern.as_str();
+            if parse_request_origin(origin).is_err() {
+                continue;
+            }
+            let decision = decide(&policy, &request(origin));
+            prop_assert_eq!(decision.verdict, Verdict::Allow, "{}", origin);
+            prop_assert_eq!(decision.matched_pattern(), origin);
+        }
+    }
+
     #[test]
     fn request_origins_never_panic(value in ".{0,400}") {
         let _ = parse_request_origin(&value);
