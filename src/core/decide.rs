@@ -20,6 +20,9 @@ pub const MAX_REQUEST_HEADERS_BYTES: usize = 4096;
 pub const MAX_REQUEST_HEADER_NAMES: usize = 64;
 /// Most empty list elements tolerated in `Access-Control-Request-Headers`.
 pub const MAX_EMPTY_ELEMENTS: usize = 16;
+/// Most `Access-Control-Request-Headers` lines read: every line holds at least
+/// one element, so a request with more is over a limit and refused unread.
+pub const MAX_REQUEST_HEADER_LINES: usize = MAX_REQUEST_HEADER_NAMES + MAX_EMPTY_ELEMENTS + 1;
 /// Most spaces and tabs around one list element.
 const MAX_ELEMENT_WHITESPACE: usize = 2;
 
@@ -359,9 +362,7 @@ fn header_allowed(rules: &CorsRules, name: &str) -> bool {
 /// Walks the requested header names, bounded by the limits above, and
 /// checks each. `Ok(n)`: all `n` names are allowed.
 fn check_request_headers<H: AsRef<str>>(rules: &CorsRules, lines: &[H]) -> Result<usize, ()> {
-    // Every line holds at least one element, so this many lines is over a limit.
-    let most_lines = MAX_REQUEST_HEADER_NAMES + MAX_EMPTY_ELEMENTS + 1;
-    if lines.len() > most_lines {
+    if lines.len() > MAX_REQUEST_HEADER_LINES {
         return Err(());
     }
     let total: usize = lines.iter().map(|l| l.as_ref().len()).sum();

@@ -16,10 +16,7 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field};
 use tonic::Status;
 
-/// Most `Access-Control-Request-Headers` lines a call may carry. More lines
-/// cannot pass the header-list parse anyway (it takes at most 64 names and
-/// 16 empty elements), so the extra lines stand for a list that is refused.
-pub const MAX_REQUEST_HEADER_LINES: usize = 96;
+use crate::core::decide::MAX_REQUEST_HEADER_LINES;
 
 /// `corsd.v1.CheckOriginRequest`, its strings left in the received buffer.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,22 +125,23 @@ pub fn text<'a>(field: &'static str, bytes: &'a [u8]) -> Result<&'a str, Status>
     std::str::from_utf8(bytes).map_err(|_| Status::invalid_argument(format!("`{field}` is not UTF-8")))
 }
 
-/// The `Access-Control-Request-Headers` lines of a call, borrowed.
+/// The `Access-Control-Request-Headers` lines of a call, borrowed. One line
+/// past the most the core reads is kept, so the core refuses a longer list
+/// for its count; the lines after it are dropped.
 #[derive(Debug, Default)]
 pub struct HeaderLines<'a> {
-    lines: ArrayVec<&'a str, MAX_REQUEST_HEADER_LINES>,
-    too_many: bool,
+    lines: ArrayVec<&'a str, { MAX_REQUEST_HEADER_LINES + 1 }>,
 }
 
 impl<'a> HeaderLines<'a> {
-    /// Adds one line; past [`MAX_REQUEST_HEADER_LINES`] the list is refused.
+    /// Adds one line.
     pub fn push(&mut self, line: &'a str) {
-        self.too_many |= self.lines.try_push(line).is_err();
+        let _ = self.lines.try_push(line);
     }
 
-    /// The lines, or for too many, one line no parse accepts.
+    /// The lines kept.
     pub fn as_slice(&self) -> &[&'a str] {
-        if self.too_many { &["\u{0}"] } else { &self.lines }
+        &self.lines
     }
 }
 

@@ -170,3 +170,35 @@ async fn strings_that_are_not_utf8_are_refused_by_name() {
     assert_eq!(refused.message(), "`method` is not UTF-8");
     server.stop().await;
 }
+
+#[test]
+fn a_request_with_more_header_lines_than_the_core_reads_is_refused() {
+    use corsd::grpc::cors_policy::CorsPolicyService;
+    use corsd::grpc::pb::{CheckOriginResponse, Reason, Verdict};
+    let store = PolicyStore::for_test(
+        "[cors]\nallow_headers = [\"content-type\"]\n[[entries]]\norigin = \"https://a.example\"\n",
+    )
+    .unwrap();
+    let cors = CorsPolicyService::new(store);
+    let answer = |lines: usize| {
+        let request = CheckOriginRequest {
+            origin: Some("https://a.example".into()),
+            method: "OPTIONS".into(),
+            access_control_request_method: Some("PUT".into()),
+            access_control_request_headers: vec!["content-type".into(); lines],
+            ..Default::default()
+        };
+        let call = CheckOriginCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
+        let answer = cors.answer(&call).unwrap();
+        let read = CheckOriginResponse::decode(answer.as_bytes()).unwrap();
+        (read.verdict, read.reason)
+    };
+    assert_eq!(answer(2), (Verdict::Allow as i32, Reason::Allowed as i32));
+    for lines in [corsd::core::decide::MAX_REQUEST_HEADER_LINES + 1, 1000] {
+        assert_eq!(
+            answer(lines),
+            (Verdict::Deny as i32, Reason::HeadersNotAllowed as i32),
+            "{lines} lines"
+        );
+    }
+}
