@@ -753,9 +753,7 @@ impl Reader<'_> {
         self.warn_duplicates(&entries, &raw);
         Some(entries)
     }
-}
 
-impl Reader<'_> {
     /// Warns of entries that normalise to an origin already listed.
     fn warn_duplicates(&mut self, entries: &[Entry], raw: &[RawEntry<'_>]) {
         let mut first_lines: HashMap<&str, u32, RandomState> =
