@@ -119,6 +119,18 @@ fn pieces(c: &mut Criterion) {
     group.bench_function("allowlist_miss", |b| {
         b.iter(|| policy.allowlist().find(black_box(&tuple)).is_some())
     });
+    // The walk down the label tree to a wildcard, among 5 and 5,000 siblings.
+    for n in [10usize, 10_000] {
+        let policy = Policy::compile("bench", policy_text(n).as_bytes()).unwrap().policy;
+        let origin = format!("https://x.y.t{}.example.net", (n / 2) | 1);
+        let Ok(RequestOrigin::Tuple(tuple)) = parse_request_origin(&origin) else {
+            unreachable!()
+        };
+        assert!(policy.allowlist().find(&tuple).is_some());
+        group.bench_function(BenchmarkId::new("allowlist_wildcard_hit", n), |b| {
+            b.iter(|| policy.allowlist().find(black_box(&tuple)).is_some())
+        });
+    }
     let mut no_origin = request(origin, "GET", None, &[]);
     no_origin.origin = None;
     group.bench_function("decide_no_origin", |b| {
