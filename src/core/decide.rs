@@ -8,8 +8,6 @@
 
 use std::borrow::Cow;
 
-use arrayvec::ArrayVec;
-
 use super::allowlist::EntryIndex;
 use super::origin::{Malformed, OriginTuple, RequestOrigin, default_port, parse_request_origin, split_host_port};
 use super::policy::{CorsRules, Entry, FORBIDDEN_METHODS, Policy, is_token};
@@ -167,8 +165,72 @@ pub struct ResponseHeader<'a> {
     pub append: bool,
 }
 
-/// The headers of a decision; never more than seven.
-pub type ResponseHeaders<'a> = ArrayVec<ResponseHeader<'a>, 7>;
+impl<'a> ResponseHeader<'a> {
+    /// A header that replaces any of the upstream's.
+    fn new(name: HeaderName, value: impl Into<Cow<'a, str>>) -> Self {
+        ResponseHeader {
+            name,
+            value: value.into(),
+            append: false,
+        }
+    }
+
+    /// `Vary`: added beside the upstream's own on a forwarded request, alone
+    /// on a direct answer.
+    fn vary(value: &'static str, append: bool) -> Self {
+        ResponseHeader {
+            name: HeaderName::Vary,
+            value: Cow::Borrowed(value),
+            append,
+        }
+    }
+}
+
+/// The headers of a decision, in the order they are sent; never more than seven.
+///
+/// Each decision fills the slots in one array expression, so that a decision is
+/// written once, in place, into its caller's. A list grown by pushes would be
+/// built aside and copied out of `decide`, and that copy cost a decision more
+/// than 10 ns (docs/benchmarks.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHeaders<'a> {
+    slots: [Option<ResponseHeader<'a>>; 7],
+}
+
+/// The headers of a decision, in order.
+pub type ResponseHeadersIter<'h, 'a> = std::iter::Flatten<std::slice::Iter<'h, Option<ResponseHeader<'a>>>>;
+
+impl<'a> ResponseHeaders<'a> {
+    /// The headers, in the order they are sent.
+    pub fn iter(&self) -> ResponseHeadersIter<'_, 'a> {
+        self.slots.iter().flatten()
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    fn one(header: ResponseHeader<'a>) -> Self {
+        ResponseHeaders {
+            slots: [Some(header), None, None, None, None, None, None],
+        }
+    }
+}
+
+impl<'h, 'a> IntoIterator for &'h ResponseHeaders<'a> {
+    type Item = &'h ResponseHeader<'a>;
+    type IntoIter = ResponseHeadersIter<'h, 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone)]
@@ -199,58 +261,36 @@ impl Decision<'_> {
 }
 
 /// Decides one request with `policy`.
+///
+/// Every path ends in one `Decision` expression, returned as it is built.
 pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -> Decision<'a> {
-    let mut decision = Decision {
-        verdict: Verdict::NotCors,
-        reason: Reason::OutOfScope,
-        preflight: false,
-        respond_status: 0,
-        response_headers: ArrayVec::new(),
-        matched: None,
-        policy_version: policy.version(),
-        detail: None,
-    };
-    decide_into(&mut decision, policy, request);
-    decision
-}
-
-fn decide_into<'a, H: AsRef<str>>(decision: &mut Decision<'a>, policy: &'a Policy, request: &Request<'a, H>) {
     // The target's host and port, read once for the scope and same-origin tests.
     let target = split_host_port(request.authority);
     if !policy
         .scope
         .covers(target.map_or(request.authority, |(host, _)| host), request.path)
     {
-        return;
+        return not_cors(policy, Reason::OutOfScope, ResponseHeaders::default());
     }
+    let vary_origin = || ResponseHeaders::one(ResponseHeader::vary(VARY_ORIGIN, true));
     let Some(origin_value) = request.origin else {
-        decision.reason = Reason::NoOrigin;
-        push(decision, HeaderName::Vary, VARY_ORIGIN, true);
-        return;
+        return not_cors(policy, Reason::NoOrigin, vary_origin());
     };
-    decision.preflight = request.method == "OPTIONS" && request.request_method.is_some();
+    let preflight = request.method == "OPTIONS" && request.request_method.is_some();
     let origin = match parse_request_origin(origin_value) {
         Ok(RequestOrigin::Tuple(origin)) => origin,
-        Ok(RequestOrigin::Null) => return deny(decision, Reason::OriginNull),
-        Err(Malformed(why)) => {
-            decision.detail = Some(why);
-            return deny(decision, Reason::OriginMalformed);
-        }
+        Ok(RequestOrigin::Null) => return deny(policy, preflight, Reason::OriginNull, None, None),
+        Err(Malformed(why)) => return deny(policy, preflight, Reason::OriginMalformed, None, Some(why)),
     };
     if is_same_origin(&origin, request.scheme, target) {
-        decision.preflight = false;
-        decision.reason = Reason::SameOrigin;
-        push(decision, HeaderName::Vary, VARY_ORIGIN, true);
-        return;
+        return not_cors(policy, Reason::SameOrigin, vary_origin());
     }
     let Some(entry) = policy.allowlist.find(&origin).and_then(|i| entry(policy, i)) else {
-        return deny(decision, Reason::OriginNotAllowed);
+        return deny(policy, preflight, Reason::OriginNotAllowed, None, None);
     };
-    decision.matched = Some(entry);
-    let rules = &policy.cors;
-    match request.request_method.filter(|_| decision.preflight) {
-        None => allow_actual(decision, rules, origin_value),
-        Some(method) => allow_preflight(decision, rules, origin_value, method, request),
+    match request.request_method.filter(|_| preflight) {
+        None => allow_actual(policy, entry, origin_value),
+        Some(method) => allow_preflight(policy, entry, origin_value, method, request),
     }
 }
 
@@ -258,26 +298,39 @@ fn entry(policy: &Policy, index: EntryIndex) -> Option<&Entry> {
     policy.entries().get(index as usize)
 }
 
-fn push<'a>(decision: &mut Decision<'a>, name: HeaderName, value: impl Into<Cow<'a, str>>, append: bool) {
-    // Capacity exceeds the most headers any decision carries.
-    let _ = decision.response_headers.try_push(ResponseHeader {
-        name,
-        value: value.into(),
-        append,
-    });
+fn not_cors<'a>(policy: &'a Policy, reason: Reason, response_headers: ResponseHeaders<'a>) -> Decision<'a> {
+    Decision {
+        verdict: Verdict::NotCors,
+        reason,
+        preflight: false,
+        respond_status: 0,
+        response_headers,
+        matched: None,
+        policy_version: policy.version(),
+        detail: None,
+    }
 }
 
-fn deny(decision: &mut Decision<'_>, reason: Reason) {
-    decision.verdict = Verdict::Deny;
-    decision.reason = reason;
-    decision.respond_status = 403;
-    decision.response_headers.clear();
-    let vary = if decision.preflight {
-        VARY_PREFLIGHT
-    } else {
-        VARY_ORIGIN
-    };
-    push(decision, HeaderName::Vary, vary, false);
+/// A CORS request that must fail. A preflight refused for its method or
+/// headers still names the entry that allowed its origin.
+fn deny<'a>(
+    policy: &'a Policy,
+    preflight: bool,
+    reason: Reason,
+    matched: Option<&'a Entry>,
+    detail: Option<&'static str>,
+) -> Decision<'a> {
+    let vary = if preflight { VARY_PREFLIGHT } else { VARY_ORIGIN };
+    Decision {
+        verdict: Verdict::Deny,
+        reason,
+        preflight,
+        respond_status: 403,
+        response_headers: ResponseHeaders::one(ResponseHeader::vary(vary, false)),
+        matched,
+        policy_version: policy.version(),
+        detail,
+    }
 }
 
 /// The origin's scheme, host and port equal the target's (a missing port
@@ -296,53 +349,77 @@ fn is_same_origin(origin: &OriginTuple<'_>, scheme: &str, target: Option<(&str, 
     origin.scheme.eq_ignore_ascii_case(scheme) && origin.port.or_else(|| default_port(origin.scheme)) == port
 }
 
-fn allow_actual<'a>(decision: &mut Decision<'a>, rules: &'a CorsRules, origin: &'a str) {
-    decision.verdict = Verdict::Allow;
-    decision.reason = Reason::Allowed;
-    push(decision, HeaderName::AllowOrigin, origin, false);
-    if rules.allow_credentials {
-        push(decision, HeaderName::AllowCredentials, "true", false);
+fn allow_actual<'a>(policy: &'a Policy, entry: &'a Entry, origin: &'a str) -> Decision<'a> {
+    let rules = &policy.cors;
+    Decision {
+        verdict: Verdict::Allow,
+        reason: Reason::Allowed,
+        preflight: false,
+        respond_status: 0,
+        response_headers: ResponseHeaders {
+            slots: [
+                Some(ResponseHeader::new(HeaderName::AllowOrigin, origin)),
+                credentials(rules),
+                (rules.expose_headers_value.as_deref()).map(|v| ResponseHeader::new(HeaderName::ExposeHeaders, v)),
+                Some(ResponseHeader::vary(VARY_ORIGIN, true)),
+                None,
+                None,
+                None,
+            ],
+        },
+        matched: Some(entry),
+        policy_version: policy.version(),
+        detail: None,
     }
-    if let Some(expose) = &rules.expose_headers_value {
-        push(decision, HeaderName::ExposeHeaders, &**expose, false);
-    }
-    push(decision, HeaderName::Vary, VARY_ORIGIN, true);
 }
 
 fn allow_preflight<'a, H: AsRef<str>>(
-    decision: &mut Decision<'a>,
-    rules: &'a CorsRules,
+    policy: &'a Policy,
+    entry: &'a Entry,
     origin: &'a str,
     method: &'a str,
     request: &Request<'a, H>,
-) {
+) -> Decision<'a> {
+    let rules = &policy.cors;
     if !method_allowed(rules, method) {
-        return deny(decision, Reason::MethodNotAllowed);
+        return deny(policy, true, Reason::MethodNotAllowed, Some(entry), None);
     }
     let Ok(requested) = check_request_headers(rules, request.request_headers) else {
-        return deny(decision, Reason::HeadersNotAllowed);
+        return deny(policy, true, Reason::HeadersNotAllowed, Some(entry), None);
     };
-    decision.verdict = Verdict::Allow;
-    decision.reason = Reason::Allowed;
-    decision.respond_status = 204;
-    push(decision, HeaderName::AllowOrigin, origin, false);
     let methods = rules.allow_methods_value.as_deref().unwrap_or(method);
-    push(decision, HeaderName::AllowMethods, methods, false);
-    if requested > 0 {
-        let headers: Cow<'a, str> = match &rules.allow_headers_value {
-            Some(value) => Cow::Borrowed(&**value),
-            None => Cow::Owned(echo_request_headers(request.request_headers)),
-        };
-        push(decision, HeaderName::AllowHeaders, headers, false);
+    let allow_headers = (requested > 0).then(|| match &rules.allow_headers_value {
+        Some(value) => Cow::Borrowed(&**value),
+        None => Cow::Owned(echo_request_headers(request.request_headers)),
+    });
+    let private_network = request.request_private_network && rules.allow_private_network;
+    Decision {
+        verdict: Verdict::Allow,
+        reason: Reason::Allowed,
+        preflight: true,
+        respond_status: 204,
+        response_headers: ResponseHeaders {
+            slots: [
+                Some(ResponseHeader::new(HeaderName::AllowOrigin, origin)),
+                Some(ResponseHeader::new(HeaderName::AllowMethods, methods)),
+                allow_headers.map(|v| ResponseHeader::new(HeaderName::AllowHeaders, v)),
+                Some(ResponseHeader::new(HeaderName::MaxAge, &*rules.max_age_value)),
+                credentials(rules),
+                private_network.then(|| ResponseHeader::new(HeaderName::AllowPrivateNetwork, "true")),
+                Some(ResponseHeader::vary(VARY_PREFLIGHT, false)),
+            ],
+        },
+        matched: Some(entry),
+        policy_version: policy.version(),
+        detail: None,
     }
-    push(decision, HeaderName::MaxAge, &*rules.max_age_value, false);
-    if rules.allow_credentials {
-        push(decision, HeaderName::AllowCredentials, "true", false);
-    }
-    if request.request_private_network && rules.allow_private_network {
-        push(decision, HeaderName::AllowPrivateNetwork, "true", false);
-    }
-    push(decision, HeaderName::Vary, VARY_PREFLIGHT, false);
+}
+
+/// `Access-Control-Allow-Credentials: true` when the policy allows credentials.
+fn credentials<'a>(rules: &CorsRules) -> Option<ResponseHeader<'a>> {
+    rules
+        .allow_credentials
+        .then(|| ResponseHeader::new(HeaderName::AllowCredentials, "true"))
 }
 
 /// GET, HEAD and POST always; forbidden methods never; others when listed
