@@ -313,10 +313,7 @@ pub(crate) fn check_dns_name(name: &str) -> Result<NameKind, NameError> {
         if label.len() > MAX_LABEL_LEN {
             return Err(NameError::LabelTooLong);
         }
-        if let Some(bad) = label
-            .bytes()
-            .find(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        {
+        if let Some(bad) = label.bytes().find(|&b| !is_label_byte(b)) {
             return Err(NameError::BadByte(bad));
         }
         if label.starts_with('-') || label.ends_with('-') {
