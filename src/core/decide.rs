@@ -206,16 +206,6 @@ impl<'a> ResponseHeaders<'a> {
         self.slots.iter().flatten()
     }
 
-    /// How many headers there are.
-    pub fn len(&self) -> usize {
-        self.iter().count()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
-
     fn one(header: ResponseHeader<'a>) -> Self {
         ResponseHeaders {
             slots: [Some(header), None, None, None, None, None, None],
