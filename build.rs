@@ -1,5 +1,7 @@
 //! Code generation only: compiles `proto/corsd/v1/corsd.proto` with `protox`
-//! (no system `protoc`) and keeps the file descriptor set for gRPC reflection.
+//! (no system `protoc`) and keeps the file descriptor set for gRPC reflection,
+//! beside the part of `envoy-types`' own descriptor set that describes Envoy's
+//! `Authorization` service.
 //!
 //! Two passes:
 //! - `pb`: corsd's messages and its client, as the proto declares them.
@@ -8,9 +10,15 @@
 //!   Their types come from `pb` and `envoy-types`, except the two hot calls,
 //!   which take and return corsd's zero-copy wire forms (`src/grpc/wire.rs`).
 
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use prost_types::{FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto};
+use prost::Message;
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
+
+/// The file that declares Envoy's ext_authz service.
+const ENVOY_AUTHZ_PROTO: &str = "envoy/service/auth/v3/external_auth.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/corsd/v1/corsd.proto";
@@ -33,7 +41,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file.message_type.clear();
         file.enum_type.clear();
     }
-    services_only.file.push(envoy_authorization());
+    let envoy = envoy_authz_descriptors()?;
+    std::fs::write(out_dir.join("envoy_authz_descriptor.bin"), envoy.encode_to_vec())?;
+    let mut authorization = envoy
+        .file
+        .iter()
+        .find(|f| f.name() == ENVOY_AUTHZ_PROTO)
+        .cloned()
+        .ok_or("envoy-types' descriptor set lacks external_auth.proto")?;
+    authorization.message_type.clear();
+    authorization.enum_type.clear();
+    services_only.file.push(authorization);
     let stubs = out_dir.join("stubs");
     std::fs::create_dir_all(&stubs)?;
     tonic_prost_build::configure()
@@ -49,24 +67,64 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Envoy's `Authorization` service: one method, `Check(CheckRequest) returns
-/// (CheckResponse)`, as `envoy/service/auth/v3/external_auth.proto` declares it.
-fn envoy_authorization() -> FileDescriptorProto {
-    let package = "envoy.service.auth.v3";
-    FileDescriptorProto {
-        name: Some("envoy/service/auth/v3/external_auth.proto".into()),
-        package: Some(package.into()),
-        syntax: Some("proto3".into()),
-        service: vec![ServiceDescriptorProto {
-            name: Some("Authorization".into()),
-            method: vec![MethodDescriptorProto {
-                name: Some("Check".into()),
-                input_type: Some(format!(".{package}.CheckRequest")),
-                output_type: Some(format!(".{package}.CheckResponse")),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
+/// `external_auth.proto` and every file it imports, taken from the
+/// descriptor set the `envoy-types` package ships (`src/generated/types.bin`).
+fn envoy_authz_descriptors() -> Result<FileDescriptorSet, Box<dyn std::error::Error>> {
+    let dir = envoy_types_dir()?;
+    let bin = dir.join("src/generated/types.bin");
+    println!("cargo:rerun-if-changed={}", bin.display());
+    let all = FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    let by_name: HashMap<&str, &FileDescriptorProto> = all.file.iter().map(|f| (f.name(), f)).collect();
+    // Dependencies first, as a descriptor set lists them.
+    let mut wanted = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![(ENVOY_AUTHZ_PROTO, false)];
+    while let Some((name, expanded)) = stack.pop() {
+        if expanded {
+            wanted.push(name);
+            continue;
+        }
+        if !seen.insert(name) {
+            continue;
+        }
+        let file = by_name
+            .get(name)
+            .ok_or_else(|| format!("{} lacks {name}", bin.display()))?;
+        stack.push((name, true));
+        stack.extend(file.dependency.iter().map(|d| (d.as_str(), false)));
     }
+    Ok(FileDescriptorSet {
+        file: wanted
+            .iter()
+            .filter_map(|n| by_name.get(n).map(|f| (*f).clone()))
+            .collect(),
+    })
+}
+
+/// Where cargo unpacked the `envoy-types` package: asked of `cargo metadata`
+/// for this build's target.
+fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .arg(&manifest);
+    if let Ok(target) = std::env::var("TARGET") {
+        command.args(["--filter-platform", &target]);
+    }
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    metadata
+        .get("packages")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("envoy-types"))
+        .and_then(|p| p.get("manifest_path")?.as_str())
+        .and_then(|m| Path::new(m).parent().map(Path::to_path_buf))
+        .ok_or_else(|| "cargo metadata does not list envoy-types".into())
 }

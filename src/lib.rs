@@ -7,6 +7,10 @@
 pub mod cli;
 pub mod core;
 pub mod grpc;
+pub mod listen;
+pub mod memory;
+pub mod observe;
+pub mod policy_file;
 pub mod reload;
 pub mod server;
 pub mod store;

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::core::{Policy, Severity};
+use crate::core::Policy;
+use crate::memory::release_freed_memory;
+use crate::policy_file::{self, Outcome};
 use crate::store::PolicyStore;
 
 /// Quiet time after the last event before the file is read.
@@ -161,7 +163,7 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
     let bytes = match read_stable(path).await {
         Ok(bytes) => bytes,
         Err(e) => {
-            let error = format!("{shown}: cannot read the policy file: {e}");
+            let error = Outcome::Unreadable(e).report(&shown).to_string();
             warn!(
                 policy = %shown,
                 version = in_force.policy.version(),
@@ -181,24 +183,19 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
     let source = shown.clone();
     let compiled = tokio::task::spawn_blocking(move || {
         let compiling = Instant::now();
-        (
-            Policy::compile(&source, &bytes),
-            compiling.elapsed().as_secs_f64() * 1000.0,
-        )
+        let outcome = policy_file::compile(&source, &bytes);
+        (outcome, compiling.elapsed().as_secs_f64() * 1000.0)
     })
     .await;
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (compiled, compile_ms) = match compiled {
-        Ok(outcome) => outcome,
-        Err(join) => {
-            let error = format!("{shown}: compiling the policy failed: {join}");
-            warn!(policy = %shown, error = %error, "policy reload rejected");
-            store.set_reload_error(error);
-            return;
-        }
+    let Ok((outcome, compile_ms)) = compiled else {
+        let error = format!("{shown}: compiling the policy failed");
+        warn!(policy = %shown, error = %error, "policy reload rejected");
+        store.set_reload_error(error);
+        return;
     };
-    match compiled {
-        Ok(compiled) => {
+    match outcome {
+        Outcome::Valid(compiled) => {
             for warning in &compiled.warnings {
                 warn!(policy = %shown, "{}", warning.display(&shown));
             }
@@ -219,13 +216,12 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 "policy swapped in"
             );
         }
-        Err(error) => {
-            let errors = error
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            let text = error.display(&shown).to_string();
+        rejected => {
+            let errors = match &rejected {
+                Outcome::Invalid(error) => error.error_count(),
+                _ => 1,
+            };
+            let text = rejected.report(&shown).to_string();
             warn!(
                 policy = %shown,
                 version = in_force.policy.version(),
@@ -234,31 +230,8 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 "policy reload rejected; the last good policy stays in force:\n{text}"
             );
             store.set_reload_error(text);
+            drop(rejected);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         }
-    }
-}
-
-/// Hands the memory a compile freed back to the operating system.
-///
-/// Compiling a large policy builds a document tree several times the size of
-/// the result; glibc keeps those pages once they are free, so the resident
-/// memory of a long-running corsd would stay at the compile's peak.
-/// `malloc_trim` returns them. A no-op on other C libraries.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    trim();
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[expect(
-    unsafe_code,
-    reason = "malloc_trim has no safe wrapper; it takes a size and touches no Rust memory"
-)]
-fn trim() {
-    // SAFETY: malloc_trim only releases free heap pages; it is thread-safe
-    // and has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -1,7 +1,11 @@
-//! `corsd serve`: loads the policy (refusing to start without a valid one),
-//! serves gRPC, reloads on change and on SIGHUP, and on SIGTERM/SIGINT reports
-//! NOT_SERVING, stops accepting, finishes the calls in flight and exits 0.
+//! `corsd serve` from a plain [`ServeConfig`]: the runtime, the listener, the
+//! reloader, signals and shutdown. It serves gRPC, reloads on change and on
+//! SIGHUP, and on SIGTERM/SIGINT reports NOT_SERVING, stops accepting,
+//! finishes the calls in flight and exits 0. The command line builds the
+//! configuration and checks the policy before this starts.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,30 +16,52 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogFormat, ServeArgs, load_policy};
+use crate::core::Policy;
 use crate::grpc;
+use crate::memory::release_freed_memory;
 use crate::reload;
 use crate::store::PolicyStore;
 
-/// Runs `corsd serve` and returns the process's exit code.
-pub fn main(args: ServeArgs) -> ExitCode {
-    init_tracing(args.log_format);
-    let compiled = match load_policy(&args.policy) {
-        Ok(compiled) => compiled,
-        Err(code) => return code,
-    };
-    reload::release_freed_memory();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+/// What `corsd serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The policy file, watched and reloaded.
+    pub policy_path: PathBuf,
+    /// The gRPC address.
+    pub listen: SocketAddr,
+    /// Worker threads of the runtime.
+    pub workers: usize,
+}
+
+/// How `corsd serve` writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Serves `policy`, loaded from `config.policy_path`, and returns the
+/// process's exit code.
+pub fn main(config: ServeConfig, policy: Policy) -> ExitCode {
+    release_freed_memory();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             error!("cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(args, compiled.policy))
+    runtime.block_on(run(config, policy))
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -47,7 +73,7 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn run(args: ServeArgs, policy: crate::core::Policy) -> ExitCode {
+async fn run(args: ServeConfig, policy: Policy) -> ExitCode {
     let (version, entries) = (policy.version().to_owned(), policy.entries().len());
     let store = PolicyStore::new(policy);
     let listener = match TcpListener::bind(args.listen).await {
@@ -60,10 +86,10 @@ async fn run(args: ServeArgs, policy: crate::core::Policy) -> ExitCode {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-    let reloader = match reload::spawn(args.policy.clone(), Arc::clone(&store)) {
+    let reloader = match reload::spawn(args.policy_path.clone(), Arc::clone(&store)) {
         Ok((handle, _task)) => handle,
         Err(e) => {
-            error!("cannot watch {}: {e}", args.policy.display());
+            error!("cannot watch {}: {e}", args.policy_path.display());
             return ExitCode::from(2);
         }
     };
@@ -83,7 +109,7 @@ async fn run(args: ServeArgs, policy: crate::core::Policy) -> ExitCode {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    info!(addr = %addr, policy = %args.policy.display(), version, entries, "corsd listening");
+    info!(addr = %addr, policy = %args.policy_path.display(), version, entries, workers = args.workers, "corsd listening");
     let mut server = tokio::spawn(grpc::serve(
         listener,
         store,

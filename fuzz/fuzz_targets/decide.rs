@@ -31,6 +31,7 @@ struct Input<'a> {
 fuzz_target!(|input: Input<'_>| {
     let request = Request {
         origin: input.origin,
+        several_origins: false,
         method: input.method,
         request_method: input.request_method,
         request_headers: &input.request_headers,

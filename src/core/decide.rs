@@ -9,8 +9,9 @@
 use std::borrow::Cow;
 
 use super::allowlist::EntryIndex;
+use super::fetch::{forbidden_method, is_non_wildcard_header, is_token};
 use super::origin::{Malformed, OriginTuple, RequestOrigin, default_port, parse_request_origin, split_host_port};
-use super::policy::{CorsRules, Entry, FORBIDDEN_METHODS, Policy, is_token};
+use super::policy::{CorsRules, Entry, Policy};
 
 /// Longest `Access-Control-Request-Headers` corsd reads, all lines together.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 4096;
@@ -76,6 +77,9 @@ const VARY_PREFLIGHT: &str = "Origin, Access-Control-Request-Method, Access-Cont
 pub struct Request<'a, H = &'a str> {
     /// The `Origin` header; `None` when absent.
     pub origin: Option<&'a str>,
+    /// The `Origin` header came on more than one line: malformed, whatever
+    /// `origin` holds (the first line).
+    pub several_origins: bool,
     /// The request method, as sent.
     pub method: &'a str,
     /// `Access-Control-Request-Method`; `None` when absent.
@@ -90,6 +94,33 @@ pub struct Request<'a, H = &'a str> {
     pub authority: &'a str,
     /// The target's path, maybe with a query; empty when unknown.
     pub path: &'a str,
+}
+
+/// What the gateway must do with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Send it on to the upstream (adding the decision's headers to its response).
+    Forward,
+    /// Answer the preflight at once: 204 with the decision's headers.
+    Preflight,
+    /// Refuse at once: 403 with the decision's headers.
+    Deny,
+}
+
+impl Answer {
+    /// The status of the direct answer; `None` for [`Answer::Forward`].
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Answer::Forward => None,
+            Answer::Preflight => Some(204),
+            Answer::Deny => Some(403),
+        }
+    }
+
+    /// The status as the wire writes it: zero means forward.
+    pub fn respond_status(self) -> u16 {
+        self.status().unwrap_or(0)
+    }
 }
 
 /// The answer's kind.
@@ -231,8 +262,8 @@ pub struct Decision<'a> {
     pub reason: Reason,
     /// Whether the request is a CORS preflight.
     pub preflight: bool,
-    /// Non-zero: answer at once with this status (204 or 403); zero: forward.
-    pub respond_status: u16,
+    /// Forward, or answer at once with 204 or 403.
+    pub answer: Answer,
     /// For the direct answer, or to add to the upstream's response.
     pub response_headers: ResponseHeaders<'a>,
     /// The entry that allowed the origin, if one did.
@@ -267,6 +298,10 @@ pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -
         return not_cors(policy, Reason::NoOrigin, vary_origin());
     };
     let preflight = request.method == "OPTIONS" && request.request_method.is_some();
+    if request.several_origins {
+        let why = "the Origin header came on several lines";
+        return deny(policy, preflight, Reason::OriginMalformed, None, Some(why));
+    }
     let origin = match parse_request_origin(origin_value) {
         Ok(RequestOrigin::Tuple(origin)) => origin,
         Ok(RequestOrigin::Null) => return deny(policy, preflight, Reason::OriginNull, None, None),
@@ -293,7 +328,7 @@ fn not_cors<'a>(policy: &'a Policy, reason: Reason, response_headers: ResponseHe
         verdict: Verdict::NotCors,
         reason,
         preflight: false,
-        respond_status: 0,
+        answer: Answer::Forward,
         response_headers,
         matched: None,
         policy_version: policy.version(),
@@ -315,7 +350,7 @@ fn deny<'a>(
         verdict: Verdict::Deny,
         reason,
         preflight,
-        respond_status: 403,
+        answer: Answer::Deny,
         response_headers: ResponseHeaders::one(ResponseHeader::vary(vary, false)),
         matched,
         policy_version: policy.version(),
@@ -345,7 +380,7 @@ fn allow_actual<'a>(policy: &'a Policy, entry: &'a Entry, origin: &'a str) -> De
         verdict: Verdict::Allow,
         reason: Reason::Allowed,
         preflight: false,
-        respond_status: 0,
+        answer: Answer::Forward,
         response_headers: ResponseHeaders {
             slots: [
                 Some(ResponseHeader::new(HeaderName::AllowOrigin, origin)),
@@ -387,7 +422,7 @@ fn allow_preflight<'a, H: AsRef<str>>(
         verdict: Verdict::Allow,
         reason: Reason::Allowed,
         preflight: true,
-        respond_status: 204,
+        answer: Answer::Preflight,
         response_headers: ResponseHeaders {
             slots: [
                 Some(ResponseHeader::new(HeaderName::AllowOrigin, origin)),
@@ -415,15 +450,14 @@ fn credentials<'a>(rules: &CorsRules) -> Option<ResponseHeader<'a>> {
 /// GET, HEAD and POST always; forbidden methods never; others when listed
 /// (compared case-sensitively, as browsers send them) or under `*`.
 fn method_allowed(rules: &CorsRules, method: &str) -> bool {
-    if !is_token(method) || FORBIDDEN_METHODS.iter().any(|f| f.eq_ignore_ascii_case(method)) {
+    if !is_token(method) || forbidden_method(method).is_some() {
         return false;
     }
     matches!(method, "GET" | "HEAD" | "POST") || rules.any_method || rules.methods.iter().any(|m| **m == *method)
 }
 
 fn header_allowed(rules: &CorsRules, name: &str) -> bool {
-    rules.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || (rules.any_header && !name.eq_ignore_ascii_case("authorization"))
+    rules.headers.iter().any(|h| h.eq_ignore_ascii_case(name)) || (rules.any_header && !is_non_wildcard_header(name))
 }
 
 /// Walks the requested header names, bounded by the limits above, and

@@ -4,10 +4,11 @@
 
 pub mod allowlist;
 pub mod decide;
+pub mod fetch;
 pub mod origin;
 pub mod pattern;
 pub mod policy;
 
-pub use decide::{Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
+pub use decide::{Answer, Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
 pub use pattern::{OriginPattern, PatternError};
 pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};

@@ -84,28 +84,47 @@ impl fmt::Display for OriginPattern {
     }
 }
 
-/// Why a pattern was refused; the message says how to fix it.
+/// Why a pattern was refused, and where it helps, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     message: String,
+    help: Option<String>,
 }
 
 impl PatternError {
     fn new(message: impl Into<String>) -> Self {
         PatternError {
             message: message.into(),
+            help: None,
         }
     }
 
-    /// The message, lowercase, with the offending text in backticks.
+    fn with_help(message: impl Into<String>, help: impl Into<String>) -> Self {
+        PatternError {
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+
+    /// What is wrong: lowercase, with the offending text in backticks.
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// How to fix it, where a hint helps.
+    pub fn help(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
 }
 
+/// `message: help`, or the message alone.
 impl fmt::Display for PatternError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        match &self.help {
+            Some(help) => write!(f, ": {help}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -118,7 +137,7 @@ impl FromStr for OriginPattern {
 
     fn from_str(text: &str) -> Result<Self, PatternError> {
         if text.is_empty() {
-            return Err(PatternError::new(format!("the origin is empty: {SHAPE}")));
+            return Err(PatternError::with_help("the origin is empty", SHAPE));
         }
         if text.trim() != text {
             return Err(PatternError::new(format!(
@@ -127,13 +146,15 @@ impl FromStr for OriginPattern {
             )));
         }
         if text.eq_ignore_ascii_case("null") {
-            return Err(PatternError::new(
-                "`null` can never be allowlisted: sandboxed frames, `file:` pages and redirects all send it",
+            return Err(PatternError::with_help(
+                "`null` can never be allowlisted",
+                "sandboxed frames, `file:` pages and redirects all send it",
             ));
         }
         if text == "*" {
-            return Err(PatternError::new(
-                "`*` would allow every origin: list the origins, or use `https://*.example.com` for the subdomains of one domain",
+            return Err(PatternError::with_help(
+                "`*` would allow every origin",
+                "list the origins, or use `https://*.example.com` for the subdomains of one domain",
             ));
         }
         if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -150,9 +171,10 @@ impl FromStr for OriginPattern {
         }
         let rest = strip_path_query_fragment(rest)?;
         if let Some((userinfo, _)) = rest.rsplit_once('@') {
-            return Err(PatternError::new(format!(
-                "remove `{userinfo}@`: an origin has no user name or password"
-            )));
+            return Err(PatternError::with_help(
+                format!("remove `{userinfo}@`"),
+                "an origin has no user name or password",
+            ));
         }
         let is = |name: &str| scheme.eq_ignore_ascii_case(name);
         if is("https") {
@@ -164,11 +186,10 @@ impl FromStr for OriginPattern {
         } else if is("moz-extension") {
             parse_moz_extension(rest)
         } else {
-            Err(PatternError::new(format!(
-                "the scheme `{}` is not allowed: use `https` (`http` only for localhost, \
-                 `chrome-extension` or `moz-extension` for browser extensions)",
-                scheme.to_ascii_lowercase()
-            )))
+            Err(PatternError::with_help(
+                format!("the scheme `{}` is not allowed", scheme.to_ascii_lowercase()),
+                "use `https` (`http` only for localhost, `chrome-extension` or `moz-extension` for browser extensions)",
+            ))
         }
     }
 }
@@ -177,7 +198,7 @@ fn missing_scheme(text: &str) -> PatternError {
     if text.to_ascii_lowercase().starts_with("file:") {
         return PatternError::new("`file:` pages send the origin `null`, which can never be allowlisted");
     }
-    PatternError::new(format!("`{text}` has no scheme: write `https://{text}`"))
+    PatternError::with_help(format!("`{text}` has no scheme"), format!("write `https://{text}`"))
 }
 
 /// Refuses anything after the authority, with a hint that names it.
@@ -186,16 +207,16 @@ fn strip_path_query_fragment(rest: &str) -> Result<&str, PatternError> {
         return Ok(rest);
     };
     let (authority, tail) = rest.split_at(at);
-    let message = match tail.as_bytes().first() {
-        Some(b'/') if tail == "/" => "remove the trailing \"/\": an origin has no path".to_owned(),
-        Some(b'/' | b'\\') => format!("remove the path `{tail}`: an origin has no path"),
-        Some(b'?') => format!("remove the query `{tail}`: an origin has no query"),
-        _ => format!("remove the fragment `{tail}`: an origin has no fragment"),
+    let (message, help) = match tail.as_bytes().first() {
+        Some(b'/') if tail == "/" => ("remove the trailing \"/\"".to_owned(), "an origin has no path"),
+        Some(b'/' | b'\\') => (format!("remove the path `{tail}`"), "an origin has no path"),
+        Some(b'?') => (format!("remove the query `{tail}`"), "an origin has no query"),
+        _ => (format!("remove the fragment `{tail}`"), "an origin has no fragment"),
     };
     if authority.is_empty() {
-        return Err(PatternError::new(format!("the host is empty: {SHAPE}")));
+        return Err(PatternError::with_help("the host is empty", SHAPE));
     }
-    Err(PatternError::new(message))
+    Err(PatternError::with_help(message, help))
 }
 
 fn parse_chrome_extension(id: &str) -> Result<OriginPattern, PatternError> {
@@ -214,9 +235,12 @@ fn parse_chrome_extension(id: &str) -> Result<OriginPattern, PatternError> {
     } else {
         "it must be exactly 32 letters `a`-`z`"
     };
-    Err(PatternError::new(format!(
-        "`chrome-extension://{id}` is not a Chrome extension origin: {why}; write `chrome-extension://` and the 32-letter id, as in `chrome-extension://abdkkegmcbiomijcbdaodaflgehfffed`"
-    )))
+    Err(PatternError::with_help(
+        format!("`chrome-extension://{id}` is not a Chrome extension origin"),
+        format!(
+            "{why}; write `chrome-extension://` and the 32-letter id, as in `chrome-extension://abdkkegmcbiomijcbdaodaflgehfffed`"
+        ),
+    ))
 }
 
 fn parse_moz_extension(id: &str) -> Result<OriginPattern, PatternError> {
@@ -240,15 +264,16 @@ fn parse_moz_extension(id: &str) -> Result<OriginPattern, PatternError> {
     } else {
         "the id must be groups of 8-4-4-4-12 letters `a`-`z` and digits"
     };
-    Err(PatternError::new(format!(
-        "`moz-extension://{id}` is not a Firefox extension origin: {why}; write it as in `moz-extension://1234ab56-78c9-1df2-3efg-4567891hi1j2`"
-    )))
+    Err(PatternError::with_help(
+        format!("`moz-extension://{id}` is not a Firefox extension origin"),
+        format!("{why}; write it as in `moz-extension://1234ab56-78c9-1df2-3efg-4567891hi1j2`"),
+    ))
 }
 
 /// `http`/`https` with a host and an optional port.
 fn parse_web(scheme: WebScheme, authority: &str) -> Result<OriginPattern, PatternError> {
     if authority.is_empty() {
-        return Err(PatternError::new(format!("the host is empty: {SHAPE}")));
+        return Err(PatternError::with_help("the host is empty", SHAPE));
     }
     if authority.starts_with("*.[") {
         return Err(PatternError::new(format!(
@@ -278,9 +303,10 @@ fn parse_web(scheme: WebScheme, authority: &str) -> Result<OriginPattern, Patter
         } else {
             host.to_string()
         };
-        return Err(PatternError::new(format!(
-            "`http` is allowed only for localhost and loopback addresses: write `https://{shown}`"
-        )));
+        return Err(PatternError::with_help(
+            "`http` is allowed only for localhost and loopback addresses",
+            format!("write `https://{shown}`"),
+        ));
     }
 
     let port_text = port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -309,15 +335,17 @@ fn split_pattern_authority(authority: &str) -> Result<(&str, Option<&str>), Patt
         return match after.strip_prefix(':') {
             Some(port) => Ok((host, Some(port))),
             None if after.is_empty() => Ok((host, None)),
-            None => Err(PatternError::new(format!(
-                "remove `{after}` after the IPv6 address `{host}`, or write `:PORT`"
-            ))),
+            None => Err(PatternError::with_help(
+                format!("remove `{after}` after the IPv6 address `{host}`"),
+                "or write `:PORT`",
+            )),
         };
     }
     match authority.split_once(':') {
-        Some((_, port)) if port.contains(':') => Err(PatternError::new(format!(
-            "`{authority}` has more than one `:`: write an IPv6 address in brackets, as in `https://[2001:db8::1]`"
-        ))),
+        Some((_, port)) if port.contains(':') => Err(PatternError::with_help(
+            format!("`{authority}` has more than one `:`"),
+            "write an IPv6 address in brackets, as in `https://[2001:db8::1]`",
+        )),
         Some((host, port)) => Ok((host, Some(port))),
         None => Ok((authority, None)),
     }
@@ -327,21 +355,23 @@ fn check_port(digits: &str) -> Result<Option<u16>, PatternError> {
     if let Some(port) = parse_port(digits) {
         return Ok(Some(port));
     }
-    let message = if digits.is_empty() {
-        "the port is empty: remove the `:` or write a port".to_owned()
+    Err(if digits.is_empty() {
+        PatternError::with_help("the port is empty", "remove the `:` or write a port")
     } else if digits.contains('*') {
-        format!("a port cannot be a wildcard (`:{digits}`): list each port as an entry of its own")
+        PatternError::with_help(
+            format!("a port cannot be a wildcard (`:{digits}`)"),
+            "list each port as an entry of its own",
+        )
     } else if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        format!("the port `{digits}` is not a number")
+        PatternError::new(format!("the port `{digits}` is not a number"))
     } else if digits.starts_with('0') && digits.bytes().any(|b| b != b'0') {
-        format!(
-            "remove the leading zero from the port `{digits}`: write `:{}`",
-            digits.trim_start_matches('0')
+        PatternError::with_help(
+            format!("remove the leading zero from the port `{digits}`"),
+            format!("write `:{}`", digits.trim_start_matches('0')),
         )
     } else {
-        format!("the port `{digits}` is out of range: use 1 to 65535")
-    };
-    Err(PatternError::new(message))
+        PatternError::with_help(format!("the port `{digits}` is out of range"), "use 1 to 65535")
+    })
 }
 
 fn normalize_ipv6(host: &str) -> Result<String, PatternError> {
@@ -352,25 +382,28 @@ fn normalize_ipv6(host: &str) -> Result<String, PatternError> {
         )));
     }
     if let Some((_, zone)) = inner.split_once('%') {
-        return Err(PatternError::new(format!(
-            "remove the zone id `%{zone}` from `{host}`: an origin has no zone id"
-        )));
+        return Err(PatternError::with_help(
+            format!("remove the zone id `%{zone}` from `{host}`"),
+            "an origin has no zone id",
+        ));
     }
     let addr: Ipv6Addr = inner
         .parse()
         .map_err(|_| PatternError::new(format!("`{host}` is not a valid IPv6 address")))?;
     if let Some(v4) = addr.to_ipv4_mapped() {
-        return Err(PatternError::new(format!(
-            "`{host}` is an IPv4-mapped IPv6 address: write the IPv4 address `{v4}` instead"
-        )));
+        return Err(PatternError::with_help(
+            format!("`{host}` is an IPv4-mapped IPv6 address"),
+            format!("write the IPv4 address `{v4}` instead"),
+        ));
     }
     Ok(format!("[{addr}]"))
 }
 
 fn misplaced_wildcard(host: &str) -> PatternError {
-    PatternError::new(format!(
-        "`{host}`: `*` may only be the whole leftmost label, followed by a registrable domain, as in `*.example.com`"
-    ))
+    PatternError::with_help(
+        format!("`{host}`: `*` may only be the whole leftmost label"),
+        "followed by a registrable domain, as in `*.example.com`",
+    )
 }
 
 fn normalize_wildcard_base<'h>(base: &'h str, host: &str) -> Result<Cow<'h, str>, PatternError> {
@@ -389,13 +422,15 @@ fn normalize_wildcard_base<'h>(base: &'h str, host: &str) -> Result<Cow<'h, str>
     }
     let known_suffix = psl::suffix(bare.as_bytes()).is_some_and(|s| s.is_known());
     if !bare.contains('.') && !known_suffix {
-        return Err(PatternError::new(format!(
-            "`*.{ascii}` covers every name under the single label `{bare}`: put the wildcard in front of a registrable domain, as in `*.example.com`"
-        )));
+        return Err(PatternError::with_help(
+            format!("`*.{ascii}` covers every name under the single label `{bare}`"),
+            "put the wildcard in front of a registrable domain, as in `*.example.com`",
+        ));
     }
-    Err(PatternError::new(format!(
-        "`*.{ascii}` would cover the public suffix `{bare}`: put the wildcard in front of a registrable domain, as in `*.example.{bare}`"
-    )))
+    Err(PatternError::with_help(
+        format!("`*.{ascii}` would cover the public suffix `{bare}`"),
+        format!("put the wildcard in front of a registrable domain, as in `*.example.{bare}`"),
+    ))
 }
 
 /// Converts a host name to its ASCII form and checks it as a DNS name or a
@@ -422,44 +457,53 @@ fn normalize_name(host: &str) -> Result<Cow<'_, str>, PatternError> {
 /// The URL standard's domain to ASCII (UTS #46, nontransitional, hyphens unchecked).
 fn idna_to_ascii(host: &str) -> Result<Cow<'_, str>, PatternError> {
     let ascii = idna::domain_to_ascii_cow(host.as_bytes(), AsciiDenyList::URL).map_err(|_| {
-        PatternError::new(format!(
-            "`{host}` is not a valid domain name: it fails the URL standard's IDNA conversion (check the punycode of `xn--` labels)"
-        ))
+        PatternError::with_help(
+            format!("`{host}` is not a valid domain name"),
+            "it fails the URL standard's IDNA conversion (check the punycode of `xn--` labels)",
+        )
     })?;
     Ok(ascii)
 }
 
 fn name_error(host: &str, ascii: &str, error: NameError) -> PatternError {
-    let message = match error {
-        NameError::Empty => format!("the host is empty: {SHAPE}"),
-        NameError::TooLong => format!("`{host}` is longer than 253 bytes, the most a DNS name can have"),
-        NameError::EmptyLabel => format!("`{host}` has an empty label: remove the extra `.`"),
-        NameError::LabelTooLong => format!("`{host}` has a label longer than 63 bytes"),
-        NameError::BadByte(b) => format!(
-            "`{host}` holds `{}`: a host has only letters, digits, hyphens and underscores",
-            char::from(b).escape_default()
+    match error {
+        NameError::Empty => PatternError::with_help("the host is empty", SHAPE),
+        NameError::TooLong => PatternError::new(format!(
+            "`{host}` is longer than 253 bytes, the most a DNS name can have"
+        )),
+        NameError::EmptyLabel => {
+            PatternError::with_help(format!("`{host}` has an empty label"), "remove the extra `.`")
+        }
+        NameError::LabelTooLong => PatternError::new(format!("`{host}` has a label longer than 63 bytes")),
+        NameError::BadByte(b) => PatternError::with_help(
+            format!("`{host}` holds `{}`", char::from(b).escape_default()),
+            "a host has only letters, digits, hyphens and underscores",
         ),
-        NameError::HyphenAtEdge => format!("`{host}` has a label that starts or ends with `-`"),
-        NameError::NumericLastLabel => numeric_message(host, ascii),
-    };
-    PatternError::new(message)
+        NameError::HyphenAtEdge => PatternError::new(format!("`{host}` has a label that starts or ends with `-`")),
+        NameError::NumericLastLabel => numeric_error(host, ascii),
+    }
 }
 
-fn numeric_message(host: &str, ascii: &str) -> String {
+fn numeric_error(host: &str, ascii: &str) -> PatternError {
     let body = ascii.strip_suffix('.').unwrap_or(ascii);
     if dotted_quad(body).is_some() {
-        return format!("remove the trailing dot from the IPv4 address `{host}`: write `{body}`");
+        return PatternError::with_help(
+            format!("remove the trailing dot from the IPv4 address `{host}`"),
+            format!("write `{body}`"),
+        );
     }
     let looks_numeric = body
         .split('.')
         .all(|l| !l.is_empty() && (l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x")));
     if looks_numeric {
-        format!(
-            "`{host}` is not a dotted-quad IPv4 address: write four decimal parts 0-255 without leading zeros, as in `127.0.0.1`"
+        PatternError::with_help(
+            format!("`{host}` is not a dotted-quad IPv4 address"),
+            "write four decimal parts 0-255 without leading zeros, as in `127.0.0.1`",
         )
     } else {
-        format!(
-            "`{host}` ends in a number: the URL standard reads such a host as a broken IPv4 address; use a real domain name"
+        PatternError::with_help(
+            format!("`{host}` ends in a number"),
+            "the URL standard reads such a host as a broken IPv4 address; use a real domain name",
         )
     }
 }

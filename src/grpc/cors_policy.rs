@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::debug_span;
 
+use super::decision::DecisionPath;
 use super::pb;
 use super::stubs::cors_policy_server::CorsPolicy;
 use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_len, text, varint_len};
 use crate::core::origin::{RequestOrigin, parse_request_origin};
-use crate::core::{Decision, Reason, ResponseHeader, Verdict, decide};
+use crate::core::{Decision, Reason, ResponseHeader, Verdict};
+use crate::observe::Api;
 use crate::store::PolicyStore;
 
 /// Page size when the request names none.
@@ -21,13 +22,15 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// The `corsd.v1.CorsPolicy` service.
 #[derive(Debug, Clone)]
 pub struct CorsPolicyService {
-    store: Arc<PolicyStore>,
+    path: DecisionPath,
 }
 
 impl CorsPolicyService {
     /// A service answering from `store`.
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        CorsPolicyService { store }
+        CorsPolicyService {
+            path: DecisionPath::new(store),
+        }
     }
 
     /// Decides one `CheckOrigin` call with the policy in force.
@@ -45,6 +48,7 @@ impl CorsPolicyService {
         }
         let request = crate::core::Request {
             origin,
+            several_origins: false,
             method,
             request_method,
             request_headers: request_headers.as_slice(),
@@ -53,10 +57,7 @@ impl CorsPolicyService {
             authority: text("authority", &call.authority)?,
             path: text("path", &call.path)?,
         };
-        let snapshot = self.store.load();
-        let decision = decide(&snapshot.policy, &request);
-        trace_decision("CheckOrigin", origin, method, &decision);
-        Ok(encode_check_origin(&decision))
+        Ok(self.path.decide(Api::Corsd, &request, encode_check_origin))
     }
 }
 
@@ -67,7 +68,7 @@ pub fn to_proto(decision: &Decision<'_>) -> pb::CheckOriginResponse {
         verdict: verdict(decision.verdict) as i32,
         reason: reason(decision.reason) as i32,
         preflight: decision.preflight,
-        respond_status: u32::from(decision.respond_status),
+        respond_status: u32::from(decision.answer.respond_status()),
         response_headers: decision
             .response_headers
             .iter()
@@ -104,32 +105,6 @@ fn reason(r: Reason) -> pb::Reason {
     }
 }
 
-/// Traces one decision as a debug-level span named after the RPC; nothing
-/// is recorded (or built) unless debug is enabled for this module.
-pub(crate) fn trace_decision(rpc: &'static str, origin: Option<&str>, method: &str, decision: &Decision<'_>) {
-    let span = debug_span!(
-        "decide",
-        rpc,
-        origin,
-        method,
-        verdict = tracing::field::Empty,
-        reason = tracing::field::Empty,
-        preflight = tracing::field::Empty,
-        status = tracing::field::Empty,
-        matched = tracing::field::Empty,
-        version = tracing::field::Empty,
-    );
-    if span.is_disabled() {
-        return;
-    }
-    span.record("verdict", decision.verdict.as_str());
-    span.record("reason", decision.reason.as_str());
-    span.record("preflight", decision.preflight);
-    span.record("status", decision.respond_status);
-    span.record("matched", decision.matched_pattern());
-    span.record("version", decision.policy_version);
-}
-
 /// Field numbers of `CheckOriginResponse` and `Header` (`proto/corsd/v1/corsd.proto`).
 mod field {
     pub const VERDICT: u32 = 1;
@@ -158,7 +133,7 @@ pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
     let len = varint_len(VERDICT, verdict)
         + varint_len(REASON, reason)
         + varint_len(PREFLIGHT, decision.preflight.into())
-        + varint_len(RESPOND_STATUS, decision.respond_status.into())
+        + varint_len(RESPOND_STATUS, decision.answer.respond_status().into())
         + decision
             .response_headers
             .iter()
@@ -170,7 +145,7 @@ pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
     out.put_varint(VERDICT, verdict);
     out.put_varint(REASON, reason);
     out.put_varint(PREFLIGHT, decision.preflight.into());
-    out.put_varint(RESPOND_STATUS, decision.respond_status.into());
+    out.put_varint(RESPOND_STATUS, decision.answer.respond_status().into());
     for h in &decision.response_headers {
         out.put_sub(RESPONSE_HEADERS, header_len(h));
         out.put_str(HEADER_NAME, h.name.as_str());
@@ -193,7 +168,8 @@ impl CorsPolicy for CorsPolicyService {
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = request.get_ref();
-        let snapshot = self.store.load_full();
+        let store = self.path.store();
+        let snapshot = store.load_full();
         let policy = &snapshot.policy;
         let page_size = match r.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -250,11 +226,7 @@ impl CorsPolicy for CorsPolicyService {
                 source: policy.source().to_owned(),
                 loaded_at_unix_ms: snapshot.loaded_at_unix_ms,
                 entry_count: u32::try_from(policy.entries().len()).unwrap_or(u32::MAX),
-                last_reload_error: self
-                    .store
-                    .last_reload_error()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
+                last_reload_error: store.last_reload_error().map(|e| e.to_string()).unwrap_or_default(),
             }),
         }))
     }

@@ -11,27 +11,27 @@ use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStat
 use envoy_types::ext_authz::v3::{CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Code, Request, Response, Status};
 
-use super::cors_policy::trace_decision;
+use super::decision::DecisionPath;
 use super::stubs::authorization_server::Authorization;
 use super::wire::{AuthzCall, AuthzHttp, Encoded, HeaderLines, Writer, str_len, strs_len, sub_len, text, varint_len};
-use crate::core::{Decision, Reason, decide};
+use crate::core::{Answer, Decision, Reason};
+use crate::observe::Api;
 use crate::store::PolicyStore;
-
-/// Stands in for an `Origin` sent on several header lines: malformed, denied.
-const SEVERAL_ORIGINS: &str = "<several Origin lines>, <denied>";
 /// Stands in for a value that is not text: no CORS header accepts it.
 const NOT_TEXT: &str = "\u{0}";
 
 /// The ext_authz v3 service.
 #[derive(Debug, Clone)]
 pub struct AuthorizationService {
-    store: Arc<PolicyStore>,
+    path: DecisionPath,
 }
 
 impl AuthorizationService {
     /// A service answering from `store`.
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        AuthorizationService { store }
+        AuthorizationService {
+            path: DecisionPath::new(store),
+        }
     }
 
     /// Decides one `Check` call with the policy in force.
@@ -45,6 +45,7 @@ impl AuthorizationService {
         let method = text("method", &http.method)?;
         let request = crate::core::Request {
             origin: headers.origin,
+            several_origins: headers.several_origins,
             method,
             request_method: headers.request_method,
             request_headers: headers.request_headers.as_slice(),
@@ -53,10 +54,7 @@ impl AuthorizationService {
             authority: text("host", &http.host)?,
             path: text("path", &http.path)?,
         };
-        let snapshot = self.store.load();
-        let decision = decide(&snapshot.policy, &request);
-        trace_decision("Authorization/Check", headers.origin, method, &decision);
-        Ok(encode_check_response(&decision))
+        Ok(self.path.decide(Api::ExtAuthz, &request, encode_check_response))
     }
 }
 
@@ -64,6 +62,7 @@ impl AuthorizationService {
 #[derive(Debug, Default)]
 struct CorsHeaders<'a> {
     origin: Option<&'a str>,
+    several_origins: bool,
     request_method: Option<&'a str>,
     request_headers: HeaderLines<'a>,
     private_network: bool,
@@ -75,11 +74,11 @@ impl<'a> CorsHeaders<'a> {
     fn add(&mut self, name: &[u8], value: &'a [u8]) {
         let value = || std::str::from_utf8(value).unwrap_or(NOT_TEXT);
         if name.eq_ignore_ascii_case(b"origin") {
-            self.origin = Some(if self.origin.is_some() {
-                SEVERAL_ORIGINS
+            if self.origin.is_some() {
+                self.several_origins = true;
             } else {
-                value()
-            });
+                self.origin = Some(value());
+            }
         } else if name.eq_ignore_ascii_case(b"access-control-request-method") {
             // Several lines make a list, which is not a method: denied.
             self.request_method = Some(if self.request_method.is_some() { "," } else { value() });
@@ -121,7 +120,7 @@ impl Authorization for AuthorizationService {
 /// [`encode_check_response`] writes without building.
 pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
     let mut response = CheckResponse::new();
-    if decision.respond_status == 0 {
+    if decision.answer == Answer::Forward {
         let mut ok = OkHttpResponseBuilder::new();
         for h in &decision.response_headers {
             let action = if h.append {
@@ -134,9 +133,9 @@ pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
         response.set_status(Status::ok("")).set_http_response(ok);
     } else {
         let mut denied = DeniedHttpResponseBuilder::new();
-        let code = match decision.respond_status {
-            204 => HttpStatusCode::NoContent,
-            _ => HttpStatusCode::Forbidden,
+        let code = match decision.answer {
+            Answer::Preflight => HttpStatusCode::NoContent,
+            Answer::Forward | Answer::Deny => HttpStatusCode::Forbidden,
         };
         denied.set_http_status(code);
         for h in &decision.response_headers {
@@ -220,8 +219,8 @@ impl HeaderOption<'_> {
 /// [`to_check_response`], without building it.
 pub fn encode_check_response(decision: &Decision<'_>) -> Encoded {
     use field::*;
-    let direct = decision.respond_status != 0;
-    let forbidden = direct && decision.respond_status != 204;
+    let direct = decision.answer != Answer::Forward;
+    let forbidden = decision.answer == Answer::Deny;
     let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd;
     let mut options: ArrayVec<HeaderOption<'_>, 8> = decision
         .response_headers

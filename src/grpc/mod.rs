@@ -3,7 +3,9 @@
 //! on one port. Handlers load one policy snapshot per call and never block.
 
 pub mod cors_policy;
+pub mod decision;
 pub mod ext_authz;
+pub mod limits;
 pub mod wire;
 
 use std::future::Future;
@@ -11,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::listen;
 use crate::store::PolicyStore;
 
 /// Code generated from `proto/corsd/v1/corsd.proto`.
@@ -25,6 +27,10 @@ pub mod pb {
 
     /// The encoded file descriptor set, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corsd_descriptor");
+
+    /// Envoy's `envoy/service/auth/v3/external_auth.proto` and the files it
+    /// imports, from the descriptor set `envoy-types` ships, for reflection.
+    pub const ENVOY_AUTHZ_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_authz_descriptor");
 }
 
 /// The server side of `corsd.v1.CorsPolicy` and of Envoy's
@@ -51,7 +57,8 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Serves every corsd service on `listener` until `shutdown` completes, then
-/// stops accepting and finishes the calls in flight.
+/// stops accepting and finishes the calls in flight. Every accepted
+/// connection gets `TCP_NODELAY` and keepalive ([`listen::incoming`]).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<PolicyStore>,
@@ -64,14 +71,14 @@ pub async fn serve(
     let (reporter, health_service) = health;
     set_health(&reporter, ServingStatus::Serving).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::ENVOY_AUTHZ_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -79,14 +86,14 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(limits::resource_exhausted())
         .add_service(health_service)
         .add_service(cors)
         .add_service(authz)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(listen::incoming(listener), shutdown)
         .await?;
     Ok(())
 }

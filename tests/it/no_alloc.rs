@@ -26,6 +26,7 @@ fn request<'a>(
 ) -> Request<'a> {
     Request {
         origin: Some(origin),
+        several_origins: false,
         method,
         request_method,
         request_headers: headers,

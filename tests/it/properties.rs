@@ -172,6 +172,7 @@ proptest! {
         let policy = Policy::compile("p", b"[scope]\nhosts = [\"api.example.com\"]\npaths = [\"/v1\"]\n[[entries]]\norigin = \"https://*.example.com\"\n").unwrap().policy;
         let r = Request {
             origin: origin.as_deref(),
+            several_origins: false,
             method: &method,
             request_method: request_method.as_deref(),
             request_headers: &headers,
@@ -187,6 +188,7 @@ proptest! {
 fn request(origin: &str) -> Request<'_> {
     Request {
         origin: Some(origin),
+        several_origins: false,
         method: "GET",
         request_method: None,
         request_headers: &[],

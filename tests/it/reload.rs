@@ -204,6 +204,7 @@ async fn calls_never_fail_or_mix_policies_while_the_file_churns() {
                     &p,
                     &Request {
                         origin: r.origin.as_deref(),
+                        several_origins: false,
                         method: &r.method,
                         request_method: r.access_control_request_method.as_deref(),
                         request_headers: &r.access_control_request_headers,

@@ -176,11 +176,24 @@ async fn sighup_reloads_and_environment_configures() {
             .args(["serve"])
             .env("CORSD_POLICY", &policy)
             .env("CORSD_LISTEN", "127.0.0.1:0")
-            .env("CORSD_LOG_FORMAT", "json"),
+            .env("CORSD_LOG_FORMAT", "json")
+            .env("CORSD_WORKERS", "3"),
     );
+    let mut workers = None;
     for line in corsd.log.lock().unwrap().iter() {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        let line: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        if line["fields"]["message"] == "corsd listening" {
+            workers = line["fields"]["workers"].as_u64();
+        }
     }
+    assert_eq!(workers, Some(3), "CORSD_WORKERS sets the worker threads");
+    // The runtime really has that many workers.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", corsd.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(threads, 3, "worker threads");
     let mut client = CorsPolicyClient::new(corsd.channel().await);
     let before = client
         .list_entries(ListEntriesRequest::default())

@@ -258,6 +258,12 @@ async fn reflection_lists_the_services() {
             host: String::new(),
             message_request: Some(MessageRequest::FileContainingSymbol("corsd.v1.CorsPolicy".into())),
         },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "envoy.service.auth.v3.Authorization".into(),
+            )),
+        },
     ]);
     let mut responses = client.server_reflection_info(requests).await.unwrap().into_inner();
     let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
@@ -265,7 +271,11 @@ async fn reflection_lists_the_services() {
         panic!("no service list")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["corsd.v1.CorsPolicy", "grpc.health.v1.Health"] {
+    for want in [
+        "corsd.v1.CorsPolicy",
+        "grpc.health.v1.Health",
+        "envoy.service.auth.v3.Authorization",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
     let Some(MessageResponse::FileDescriptorResponse(files)) =
@@ -274,6 +284,46 @@ async fn reflection_lists_the_services() {
         panic!("no descriptor")
     };
     assert!(!files.file_descriptor_proto.is_empty());
+    // Envoy's service is described from its own proto, messages and imports
+    // included, so `grpcurl describe envoy.service.auth.v3.Authorization` works.
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("no descriptor for envoy.service.auth.v3.Authorization")
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost::Message::decode(b.as_slice()).unwrap())
+        .collect();
+    let authz = files
+        .iter()
+        .find(|f| f.name() == "envoy/service/auth/v3/external_auth.proto")
+        .expect("external_auth.proto");
+    assert_eq!(authz.service[0].name(), "Authorization");
+    assert!(authz.message_type.iter().any(|m| m.name() == "CheckRequest"));
+    // Each file it imports is served too, as a describing tool asks for them.
+    assert!(!authz.dependency.is_empty());
+    let requests: Vec<ServerReflectionRequest> = authz
+        .dependency
+        .iter()
+        .map(|name| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileByFilename(name.clone())),
+        })
+        .collect();
+    let mut imports = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for name in &authz.dependency {
+        let answer = imports.next().await.unwrap().unwrap().message_response;
+        assert!(
+            matches!(answer, Some(MessageResponse::FileDescriptorResponse(_))),
+            "{name}: {answer:?}"
+        );
+    }
 
     // The v1alpha protocol, still used by older tools, answers too.
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
@@ -301,7 +351,7 @@ async fn oversized_messages_are_refused_without_harm() {
         ..Default::default()
     };
     let refused = client.check_origin(huge).await.unwrap_err();
-    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     let fine = CheckOriginRequest {
         origin: Some("https://a.example".into()),
         method: "GET".into(),

@@ -124,6 +124,7 @@ impl Resolved {
     pub fn request(&self) -> corsd::core::Request<'_, String> {
         corsd::core::Request {
             origin: self.origin.as_deref(),
+            several_origins: false,
             method: &self.method,
             request_method: self.request_method.as_deref(),
             request_headers: &self.request_headers,

@@ -1,0 +1,147 @@
+//! `corsd check`: one decision offline, as the server would make it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::validate::load;
+use crate::core::{Decision, Request, Verdict, decide};
+
+/// Flags of `corsd check`.
+#[derive(Debug, clap::Args)]
+pub(super) struct CheckArgs {
+    /// The policy file.
+    #[arg(long, env = "CORSD_POLICY")]
+    policy: PathBuf,
+    /// The request's Origin header; without it the request has none.
+    #[arg(long)]
+    origin: Option<String>,
+    /// The request method [default: OPTIONS with --request-method, else GET].
+    #[arg(long)]
+    method: Option<String>,
+    /// Access-Control-Request-Method (makes an OPTIONS request a preflight).
+    #[arg(long)]
+    request_method: Option<String>,
+    /// Access-Control-Request-Headers; repeat for several header lines.
+    #[arg(long)]
+    request_headers: Vec<String>,
+    /// Send Access-Control-Request-Private-Network: true.
+    #[arg(long)]
+    private_network: bool,
+    /// The target's scheme.
+    #[arg(long, default_value = "https")]
+    scheme: String,
+    /// The target's host[:port]; without it the target counts as inside the
+    /// policy's scope and never as the same origin.
+    #[arg(long, default_value = "")]
+    authority: String,
+    /// The target's path; without it the target counts as inside the scope's paths.
+    #[arg(long, default_value = "")]
+    path: String,
+    /// Print the decision as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: &CheckArgs) -> ExitCode {
+    let compiled = match load(&args.policy) {
+        Ok(compiled) => compiled,
+        Err(_) => return ExitCode::from(2),
+    };
+    let method = match (&args.method, &args.request_method) {
+        (Some(m), _) => m.as_str(),
+        (None, Some(_)) => "OPTIONS",
+        (None, None) => "GET",
+    };
+    let request = Request {
+        origin: args.origin.as_deref(),
+        several_origins: false,
+        method,
+        request_method: args.request_method.as_deref(),
+        request_headers: &args.request_headers,
+        request_private_network: args.private_network,
+        scheme: &args.scheme,
+        authority: &args.authority,
+        path: &args.path,
+    };
+    let decision = decide(&compiled.policy, &request);
+    let printed = if args.json {
+        print_json(&decision)
+    } else {
+        print_text(&decision)
+    };
+    if let Err(e) = printed {
+        eprintln!("corsd check: cannot write the decision: {e}");
+        return ExitCode::from(2);
+    }
+    match decision.verdict {
+        Verdict::Deny => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+#[derive(Serialize)]
+struct JsonDecision<'a> {
+    verdict: &'static str,
+    reason: &'static str,
+    preflight: bool,
+    respond_status: u16,
+    response_headers: Vec<JsonHeader<'a>>,
+    matched_pattern: &'a str,
+    policy_version: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonHeader<'a> {
+    name: &'static str,
+    value: &'a str,
+    append: bool,
+}
+
+fn print_json(decision: &Decision<'_>) -> std::io::Result<()> {
+    let json = JsonDecision {
+        verdict: decision.verdict.as_str(),
+        reason: decision.reason.as_str(),
+        preflight: decision.preflight,
+        respond_status: decision.answer.respond_status(),
+        response_headers: decision
+            .response_headers
+            .iter()
+            .map(|h| JsonHeader {
+                name: h.name.as_str(),
+                value: &h.value,
+                append: h.append,
+            })
+            .collect(),
+        matched_pattern: decision.matched_pattern(),
+        policy_version: decision.policy_version,
+    };
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &json).map_err(std::io::Error::other)?;
+    writeln!(out)
+}
+
+fn print_text(decision: &Decision<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    write!(out, "{} ({})", decision.verdict.as_str(), decision.reason.as_str())?;
+    if let Some(detail) = decision.detail {
+        write!(out, ": {detail}")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "preflight: {}", decision.preflight)?;
+    match decision.answer.status() {
+        None => writeln!(out, "answer: forward to the upstream")?,
+        Some(status) => writeln!(out, "answer: respond now with {status}")?,
+    }
+    if let Some(entry) = decision.matched {
+        writeln!(out, "matched: {} (line {})", entry.pattern, entry.line)?;
+    }
+    writeln!(out, "policy version: {}", decision.policy_version)?;
+    for h in &decision.response_headers {
+        let how = if h.append { " (appended)" } else { "" };
+        writeln!(out, "{}: {}{how}", h.name, h.value)?;
+    }
+    Ok(())
+}

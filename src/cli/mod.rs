@@ -1,0 +1,48 @@
+//! The `corsd` command line: `serve`, `validate` and `check`. clap lives
+//! here and nowhere else; each command turns its flags into plain values
+//! for the library.
+//!
+//! Exit codes: `validate` 0 valid, 1 invalid, 2 usage or I/O error; `check`
+//! 0 unless the verdict is deny (1) or the check could not be made (2).
+
+mod check;
+mod serve;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A CORS policy decision point for API gateways.
+#[derive(Debug, Parser)]
+#[command(name = "corsd", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve decisions over gRPC (corsd.v1, Envoy ext_authz v3, health, reflection).
+    Serve(serve::ServeArgs),
+    /// Check a policy file; every error is printed as FILE:LINE:COL: message.
+    Validate(validate::ValidateArgs),
+    /// Decide one request offline, as the server would.
+    Check(check::CheckArgs),
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Validate(args) => validate::run(&args),
+        Command::Check(args) => check::run(&args),
+    }
+}
