@@ -87,6 +87,36 @@ proptest! {
         prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
     }
 
+    /// Any bytes at all: where prost's generated message decodes, the
+    /// one-pass reader reads the same fields; where the reader refuses, so
+    /// does prost (prost also refuses strings that are not UTF-8, which the
+    /// reader leaves to the handler).
+    #[test]
+    fn check_origin_calls_refuse_what_prost_refuses(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let ours = CheckOriginCall::decode(&bytes[..]);
+        match CheckOriginRequest::decode(&bytes[..]) {
+            Ok(request) => {
+                let call = ours.unwrap();
+                let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+                prop_assert_eq!(call.origin.as_ref().map(utf8), request.origin);
+                prop_assert_eq!(utf8(&call.method), request.method);
+                prop_assert_eq!(utf8(&call.path), request.path);
+                prop_assert_eq!(call.access_control_request_headers.len(), request.access_control_request_headers.len());
+                prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
+            }
+            Err(_) => {
+                if let Ok(call) = ours {
+                    // Accepted only because a string is not UTF-8.
+                    let fields = [Some(&call.method), call.origin.as_ref(), Some(&call.scheme), Some(&call.authority), Some(&call.path)];
+                    let not_text = fields.into_iter().flatten().chain(call.access_control_request_method.iter())
+                        .chain(call.access_control_request_headers.iter())
+                        .any(|b| std::str::from_utf8(b).is_err());
+                    prop_assert!(not_text, "accepted what prost refuses: {:?}", bytes);
+                }
+            }
+        }
+    }
+
     /// Envoy's full attribute context, with peers, extensions and metadata
     /// around the HTTP request, reads down to the same method, target and headers.
     #[test]

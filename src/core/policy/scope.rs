@@ -167,7 +167,9 @@ impl Scope {
         if self.paths.is_empty() || path.is_empty() {
             return true;
         }
-        let path = path.split(['?', '#']).next().unwrap_or(path);
+        // The query (and a fragment, which browsers never send) is ignored.
+        let end = path.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(path.len());
+        let path = path.get(..end).unwrap_or(path);
         self.paths.iter().any(|prefix| match path.strip_prefix(&**prefix) {
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
             None => false,
