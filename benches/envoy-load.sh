@@ -12,7 +12,12 @@
 # times. Every response is checked: wrk's non-2xx count must be zero, and each
 # listener is probed once for the CORS header it must (or must not) send.
 #
-#   benches/envoy-load.sh            # ENTRIES=100 SECS=5 ROUNDS=2 CONNS=32
+# Each layout in CORES is measured in turn, with the same processes re-pinned:
+#   spread  Envoy and the ext_authz servers may run on every core
+#   shared  Envoy and the ext_authz servers pinned together on core 0 (how a
+#           sidecar runs), wrk on core 1
+#
+#   benches/envoy-load.sh            # ENTRIES=100 SECS=5 ROUNDS=2 CONNS=32 CORES="spread shared"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +25,12 @@ entries="${ENTRIES:-100}"
 secs="${SECS:-5}"
 rounds="${ROUNDS:-2}"
 conns="${CONNS:-32}"
+layouts="${CORES:-spread shared}"
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 2; }
+cpus=$(nproc)
+[[ $cpus -ge 2 || $layouts == spread ]] || { echo "the shared layout needs 2 cores; run with CORES=spread" >&2; exit 2; }
 cargo build --release --quiet --bin corsd --example load
 envoy=$(scripts/fetch-envoy)
 work=$(mktemp -d)
@@ -181,22 +190,38 @@ for name in none native corsd null static; do
   esac
 done
 
+# Pins every thread of the servers (corsd, the two ext_authz servers, Envoy)
+# to CPU list $1, and runs wrk on $2.
+pin() {
+  for p in "${pids[@]}"; do taskset -a -p -c "$1" "$p" >/dev/null; done
+  wrk_cpus=$2
+}
+
 declare -A total=()
 run() { # name
   local port_var="p_$1" out rps
-  out=$(wrk -t1 -c"$conns" -d"${secs}s" -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
+  out=$(taskset -c "$wrk_cpus" wrk -t1 -c"$conns" -d"${secs}s" -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
   if grep -q "Non-2xx" <<<"$out"; then echo "$1: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   printf '  %-7s %10.0f req/s\n' "$1" "$rps"
   total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
 }
-for ((r = 0; r < rounds; r++)); do
-  for name in none native corsd null static static null corsd native none; do run "$name"; done
-done
 ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
-echo "summary:"
-echo "  corsd / native CORS filter   $(ratio corsd native)  (goal >= 0.65)"
-echo "  corsd / null ext_authz       $(ratio corsd null)  (goal >= 0.95: the decision adds <= 5%)"
-echo "  corsd / static ext_authz     $(ratio corsd static)  (the same, with Envoy adding the same headers)"
-echo "  native / none                $(ratio native none)"
-echo "  corsd / none                 $(ratio corsd none)"
+all="0-$((cpus - 1))"
+for layout in $layouts; do
+  case $layout in
+    spread) pin "$all" "$all"; echo "layout spread: servers and wrk on CPUs $all" ;;
+    shared) pin 0 1; echo "layout shared: Envoy, corsd and the ext_authz servers on CPU 0, wrk on CPU 1" ;;
+    *) echo "unknown layout $layout (spread or shared)" >&2; exit 2 ;;
+  esac
+  total=()
+  for ((r = 0; r < rounds; r++)); do
+    for name in none native corsd null static static null corsd native none; do run "$name"; done
+  done
+  echo "summary ($layout):"
+  echo "  corsd / native CORS filter   $(ratio corsd native)  (goal >= 0.65)"
+  echo "  corsd / null ext_authz       $(ratio corsd null)  (goal >= 0.95: the decision adds <= 5%)"
+  echo "  corsd / static ext_authz     $(ratio corsd static)  (the same, with Envoy adding the same headers)"
+  echo "  native / none                $(ratio native none)"
+  echo "  corsd / none                 $(ratio corsd none)"
+done

@@ -553,10 +553,14 @@ async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>
             Ok(tonic::Response::new(response))
         }
     }
+    // Served the way corsd serves: the same accepted-connection options and
+    // HTTP/2 keepalive, so the comparison is of the decision alone.
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     println!("null ext_authz listening on {listen}");
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(AuthorizationServer::new(Null(static_headers)))
-        .serve(listen)
+        .serve_with_incoming(corsd::listen::incoming(listener))
         .await
         .unwrap();
 }

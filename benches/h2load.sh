@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# corsd.v1.CorsPolicy/CheckOrigin against grpc.health.v1.Health/Check on the
+# same server, driven by h2load (nghttp2's HTTP/2 load generator) with raw
+# gRPC frames: the cost of a decision call over the cheapest call the server
+# answers. The two are run in turn, ROUNDS times each, and every run must end
+# with no failed or errored request. h2load's status count is HTTP's (gRPC
+# answers 200 whatever its status), so each body is first sent once with curl
+# to check that the server decides it (grpc-status 0 and a non-empty answer).
+#
+#   benches/h2load.sh        # REQUESTS=200000 CONNS=16 STREAMS=16 ROUNDS=3 CORES=spread|shared
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requests="${REQUESTS:-200000}"
+conns="${CONNS:-16}"
+streams="${STREAMS:-16}"
+rounds="${ROUNDS:-3}"
+layout="${CORES:-spread}"
+
+command -v h2load >/dev/null || { echo "h2load is needed: apt-get install nghttp2-client" >&2; exit 2; }
+cargo build --release --quiet --bin corsd
+work=$(mktemp -d)
+pid=""
+cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+case $layout in
+  spread) server_cpus="0-$(($(nproc) - 1))"; client_cpus=$server_cpus ;;
+  shared) server_cpus=0; client_cpus=1 ;;
+  *) echo "CORES is spread or shared" >&2; exit 2 ;;
+esac
+taskset -c "$server_cpus" target/release/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" 2>"$work/corsd.log" &
+pid=$!
+for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && break; sleep 0.1; done
+grep -q "corsd listening" "$work/corsd.log" || { cat "$work/corsd.log" >&2; exit 1; }
+
+# gRPC frames: a 0 byte (not compressed), a 4-byte length, the message.
+python3 - "$work" <<'PY'
+import struct, sys
+def field(tag, value):
+    data = value.encode()
+    return bytes([tag << 3 | 2, len(data)]) + data
+check_origin = (field(1, "https://a.partner.example.net") + field(2, "GET")
+                + field(5, "https") + field(6, "api.example.com")
+                + field(7, "/services/data/v60.0/query"))
+health = b""  # HealthCheckRequest { service: "" }
+for name, message in (("check_origin", check_origin), ("health", health)):
+    with open(f"{sys.argv[1]}/{name}.bin", "wb") as out:
+        out.write(b"\0" + struct.pack(">I", len(message)) + message)
+PY
+
+declare -A paths=([check_origin]=/corsd.v1.CorsPolicy/CheckOrigin [health]=/grpc.health.v1.Health/Check)
+for name in check_origin health; do
+  answer=$(curl -s --http2-prior-knowledge -D "$work/$name.head" -o "$work/$name.out" \
+    -H 'content-type: application/grpc' -H 'te: trailers' --data-binary "@$work/$name.bin" \
+    "http://127.0.0.1:$port${paths[$name]}" -w '%{http_code}')
+  grep -qi '^grpc-status: 0' "$work/$name.head" || { echo "$name: not answered OK" >&2; cat "$work/$name.head" >&2; exit 1; }
+  [[ $answer == 200 && -s $work/$name.out ]] || { echo "$name: no answer" >&2; exit 1; }
+done
+
+declare -A total=() best=()
+run() { # name
+  local out rps
+  out=$(taskset -c "$client_cpus" h2load -n "$requests" -c "$conns" -m "$streams" -t 1 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/$1.bin" \
+    "http://127.0.0.1:$port${paths[$1]}")
+  grep -qE "requests: $requests total, $requests started, $requests done, $requests succeeded, 0 failed, 0 errored" <<<"$out" \
+    || { echo "$1: not every request succeeded" >&2; echo "$out" >&2; exit 1; }
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  printf '  %-13s %10.0f req/s\n' "$1" "$rps"
+  total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
+  best[$1]=$(python3 -c "print(max(${best[$1]:-0}, $rps))")
+}
+echo "h2load: $requests requests, $conns connections x $streams streams, layout $layout (server on CPUs $server_cpus, h2load on $client_cpus)"
+for ((r = 0; r < rounds; r++)); do
+  if ((r % 2 == 0)); then run check_origin; run health; else run health; run check_origin; fi
+done
+# The machine is shared: the sum over rounds and the best run of each are
+# both shown; a burst of outside load lowers a sum, rarely a best.
+echo "summary:"
+echo "  CheckOrigin / Health, all rounds   $(python3 -c "print(f'{${total[check_origin]} / ${total[health]}:.3f}')")  (goal >= 0.95)"
+echo "  CheckOrigin / Health, best runs    $(python3 -c "print(f'{${best[check_origin]} / ${best[health]}:.3f}')")"
