@@ -35,10 +35,11 @@ impl Api {
 
 /// Observes one decision: a debug-level span named after the RPC. Nothing is
 /// recorded (or built) unless debug is enabled for this module.
-pub fn decision(api: Api, request: &Request<'_>, decision: &Decision<'_>) {
+pub fn decision(api: Api, tenant: &str, request: &Request<'_>, decision: &Decision<'_>) {
     let span = debug_span!(
         "decide",
         rpc = api.rpc(),
+        tenant,
         origin = request.origin,
         method = request.method,
         verdict = tracing::field::Empty,

@@ -81,3 +81,59 @@ pub fn compile(source: &str, bytes: &[u8]) -> Outcome {
         Err(error) => Outcome::Invalid(error),
     }
 }
+
+/// A policy directory's tenant files: `NAME.toml` directly in the
+/// directory, regular files or symlinks to them, `NAME` a tenant name.
+#[derive(Debug, Default)]
+pub struct TenantFiles {
+    /// Each tenant's name and file, in name order.
+    pub tenants: Vec<(String, std::path::PathBuf)>,
+    /// `.toml` files (not dotfiles) whose name is not a tenant name.
+    pub misnamed: Vec<String>,
+}
+
+/// Lists the tenant files of `dir`. Dotfiles (Kubernetes' `..data`, editors'
+/// temp files) and every other name are never read.
+pub fn tenant_files(dir: &Path) -> std::io::Result<TenantFiles> {
+    let mut files = TenantFiles::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".toml") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        if !crate::core::is_tenant_name(stem) {
+            files.misnamed.push(name.to_owned());
+            continue;
+        }
+        // A symlink counts when it leads to a regular file.
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+            files.tenants.push((stem.to_owned(), entry.path()));
+        }
+    }
+    files.tenants.sort();
+    files.misnamed.sort();
+    Ok(files)
+}
+
+/// Loads every tenant file of `dir`: each tenant's outcome, in name order.
+pub fn load_dir(dir: &Path) -> std::io::Result<(TenantFiles, Vec<Outcome>)> {
+    let files = tenant_files(dir)?;
+    let outcomes = files.tenants.iter().map(|(_, path)| load(path)).collect();
+    Ok((files, outcomes))
+}
+
+/// What `corsd` says of a `.toml` file that no tenant is named after.
+pub fn misnamed_message(dir: &Path, name: &str) -> String {
+    format!(
+        "{}: warning: `{name}` is not read: a tenant file is named `NAME.toml`, NAME of \
+         lowercase letters, digits, `_` and `-` (at most 63, starting with a letter or digit)",
+        dir.join(name).display()
+    )
+}

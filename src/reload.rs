@@ -7,6 +7,7 @@
 //! a write caught half-way is not compiled; compiling runs off the async
 //! workers. A slow poll of the file's metadata backs the watcher up.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -108,7 +109,7 @@ async fn run(
             }
         }
         seen = fingerprint(&path);
-        reload(&path, &store).await;
+        reload(&path, "", &store).await;
     }
 }
 
@@ -155,28 +156,32 @@ async fn read_stable(path: &Path) -> std::io::Result<Vec<u8>> {
     Err(std::io::Error::other("the file kept changing while it was read"))
 }
 
-/// Reads, compiles and swaps in the file at `path`, or records why not.
-pub async fn reload(path: &Path, store: &PolicyStore) {
+/// Reads, compiles and swaps in the file at `path` as tenant `tenant`'s
+/// policy (`""` in single mode), or records why not. A tenant with no policy
+/// in force yet is added by a valid file.
+pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
     let started = Instant::now();
     let shown = path.display().to_string();
-    let in_force = store.load_full();
+    let in_force = store.tenant(tenant);
+    let version = in_force.as_ref().map_or("", |s| s.policy.version()).to_owned();
     let bytes = match read_stable(path).await {
         Ok(bytes) => bytes,
         Err(e) => {
             let error = Outcome::Unreadable(e).report(&shown).to_string();
             warn!(
                 policy = %shown,
-                version = in_force.policy.version(),
+                tenant,
+                version,
                 error = %error,
                 "policy reload rejected; the last good policy stays in force"
             );
-            store.set_reload_error(error);
+            store.set_reload_error(tenant, error);
             return;
         }
     };
-    if Policy::version_of(&bytes) == in_force.policy.version() {
-        debug!(policy = %shown, version = in_force.policy.version(), "policy file unchanged");
-        store.clear_reload_error();
+    if in_force.is_some() && Policy::version_of(&bytes) == version {
+        debug!(policy = %shown, tenant, version, "policy file unchanged");
+        store.clear_reload_error(tenant);
         return;
     }
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -190,8 +195,8 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     let Ok((outcome, compile_ms)) = compiled else {
         let error = format!("{shown}: compiling the policy failed");
-        warn!(policy = %shown, error = %error, "policy reload rejected");
-        store.set_reload_error(error);
+        warn!(policy = %shown, tenant, error = %error, "policy reload rejected");
+        store.set_reload_error(tenant, error);
         return;
     };
     match outcome {
@@ -200,13 +205,14 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
                 warn!(policy = %shown, "{}", warning.display(&shown));
             }
             let policy = compiled.policy;
+            let previous = version;
             let (version, entries) = (policy.version().to_owned(), policy.entries().len());
-            store.swap(policy);
-            let previous = in_force.policy.version().to_owned();
+            store.swap_tenant(tenant, Some(policy));
             drop(in_force);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
             info!(
                 policy = %shown,
+                tenant,
                 version,
                 previous,
                 entries,
@@ -224,14 +230,122 @@ pub async fn reload(path: &Path, store: &PolicyStore) {
             let text = rejected.report(&shown).to_string();
             warn!(
                 policy = %shown,
-                version = in_force.policy.version(),
+                tenant,
+                version,
                 errors,
                 took_ms,
                 "policy reload rejected; the last good policy stays in force:\n{text}"
             );
-            store.set_reload_error(text);
+            store.set_reload_error(tenant, text);
             drop(rejected);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+        }
+    }
+}
+
+/// How often a policy directory's files are compared, in case an event was missed.
+const DIR_POLL: Duration = Duration::from_secs(1);
+
+/// Starts watching the policy directory `dir` (directory mode): a changed
+/// tenant file is compiled alone and swapped in, a new one adds its tenant,
+/// and one removed (and still gone after the debounce) removes its tenant.
+/// `known` holds the tenant files loaded at start-up. Must be called within
+/// a tokio runtime.
+pub fn spawn_dir(
+    dir: PathBuf,
+    known: Vec<(String, PathBuf)>,
+    store: Arc<PolicyStore>,
+) -> Result<(ReloadHandle, JoinHandle<()>), notify::Error> {
+    let (triggers, events) = mpsc::channel(256);
+    let sender = triggers.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if !matches!(&event, Ok(event) if matches!(event.kind, EventKind::Access(_))) {
+            let _ = sender.try_send(Trigger::Changed);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let seen = known.into_iter().map(|(name, path)| {
+        let print = fingerprint(&path);
+        (name, print)
+    });
+    let task = tokio::spawn(run_dir(dir, store, seen.collect(), events, watcher));
+    Ok((ReloadHandle { triggers }, task))
+}
+
+async fn run_dir(
+    dir: PathBuf,
+    store: Arc<PolicyStore>,
+    mut seen: HashMap<String, Fingerprint>,
+    mut events: mpsc::Receiver<Trigger>,
+    _watcher: notify::RecommendedWatcher,
+) {
+    let mut warned: HashSet<String> = HashSet::new();
+    let mut poll = tokio::time::interval(DIR_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            trigger = events.recv() => match trigger {
+                None => return,
+                Some(Trigger::Now) => true,
+                Some(Trigger::Changed) => {
+                    debounce(&mut events).await;
+                    false
+                }
+            },
+            _ = poll.tick() => false,
+        };
+        scan(&dir, &store, &mut seen, &mut warned, forced).await;
+    }
+}
+
+/// Compares the directory with what is in force and applies each difference.
+async fn scan(
+    dir: &Path,
+    store: &PolicyStore,
+    seen: &mut HashMap<String, Fingerprint>,
+    warned: &mut HashSet<String>,
+    forced: bool,
+) {
+    let files = match crate::policy_file::tenant_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            warn!(dir = %dir.display(), "cannot list the policy directory: {e}; every tenant stays in force");
+            return;
+        }
+    };
+    for name in &files.misnamed {
+        if warned.insert(name.clone()) {
+            warn!("{}", crate::policy_file::misnamed_message(dir, name));
+        }
+    }
+    let mut present = HashSet::with_capacity(files.tenants.len());
+    for (name, path) in &files.tenants {
+        present.insert(name.as_str());
+        let print = fingerprint(path);
+        if !forced && seen.get(name) == Some(&print) {
+            continue;
+        }
+        seen.insert(name.clone(), print);
+        reload(path, name, store).await;
+    }
+    let gone: Vec<String> = seen.keys().filter(|n| !present.contains(n.as_str())).cloned().collect();
+    if gone.is_empty() {
+        return;
+    }
+    // Removed, or caught between a rename's two halves: removed only if the
+    // file is still gone after the debounce.
+    tokio::time::sleep(DEBOUNCE).await;
+    for name in gone {
+        let path = dir.join(format!("{name}.toml"));
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        seen.remove(&name);
+        if store.tenant(&name).is_some() {
+            store.swap_tenant(&name, None);
+            info!(tenant = %name, policy = %path.display(), "policy file removed; tenant removed");
+        } else {
+            store.clear_reload_error(&name);
         }
     }
 }

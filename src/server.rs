@@ -22,11 +22,18 @@ use crate::memory::release_freed_memory;
 use crate::reload;
 use crate::store::PolicyStore;
 
+/// Where the policies come from, each already loaded and valid.
+#[derive(Debug)]
+pub enum Policies {
+    /// `--policy FILE`: one tenant, named `""`.
+    File(PathBuf, Box<Policy>),
+    /// `--policy-dir DIR`: each tenant's name, file and policy.
+    Dir(PathBuf, Vec<(String, PathBuf, Policy)>),
+}
+
 /// What `corsd serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The policy file, watched and reloaded.
-    pub policy_path: PathBuf,
     /// The gRPC address.
     pub listen: SocketAddr,
     /// Worker threads of the runtime.
@@ -42,9 +49,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Serves `policy`, loaded from `config.policy_path`, and returns the
-/// process's exit code.
-pub fn main(config: ServeConfig, policy: Policy) -> ExitCode {
+/// Serves `policies` and returns the process's exit code.
+pub fn main(config: ServeConfig, policies: Policies) -> ExitCode {
     release_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
@@ -57,7 +63,7 @@ pub fn main(config: ServeConfig, policy: Policy) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(config, policy))
+    runtime.block_on(run(config, policies))
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
@@ -73,9 +79,26 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn run(args: ServeConfig, policy: Policy) -> ExitCode {
-    let (version, entries) = (policy.version().to_owned(), policy.entries().len());
-    let store = PolicyStore::new(policy);
+async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
+    let (source, store, known) = match policies {
+        Policies::File(path, policy) => (path, PolicyStore::new(*policy), None),
+        Policies::Dir(dir, tenants) => {
+            let known = tenants
+                .iter()
+                .map(|(name, path, _)| (name.clone(), path.clone()))
+                .collect();
+            let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy)| (name, policy)));
+            (dir, store, Some(known))
+        }
+    };
+    let tenants = store.tenants_full();
+    let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
+    let version = store
+        .load_full()
+        .map(|s| s.policy.version().to_owned())
+        .unwrap_or_default();
+    let tenant_count = tenants.len();
+    drop(tenants);
     let listener = match TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -86,10 +109,14 @@ async fn run(args: ServeConfig, policy: Policy) -> ExitCode {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-    let reloader = match reload::spawn(args.policy_path.clone(), Arc::clone(&store)) {
+    let watching = match known {
+        None => reload::spawn(source.clone(), Arc::clone(&store)),
+        Some(known) => reload::spawn_dir(source.clone(), known, Arc::clone(&store)),
+    };
+    let reloader = match watching {
         Ok((handle, _task)) => handle,
         Err(e) => {
-            error!("cannot watch {}: {e}", args.policy_path.display());
+            error!("cannot watch {}: {e}", source.display());
             return ExitCode::from(2);
         }
     };
@@ -109,7 +136,15 @@ async fn run(args: ServeConfig, policy: Policy) -> ExitCode {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    info!(addr = %addr, policy = %args.policy_path.display(), version, entries, workers = args.workers, "corsd listening");
+    info!(
+        addr = %addr,
+        policy = %source.display(),
+        version,
+        tenants = tenant_count,
+        entries,
+        workers = args.workers,
+        "corsd listening"
+    );
     let mut server = tokio::spawn(grpc::serve(
         listener,
         store,

@@ -1,80 +1,147 @@
-//! The policy in force, shared by every call: an [`ArcSwap`] of an immutable
-//! snapshot. A call loads one snapshot and decides with it alone, so it sees
-//! the old policy or the new one, never a mix, and never waits for a reload.
-//! The reloader is the only writer.
+//! The policies in force, shared by every call: an [`ArcSwap`] of an
+//! immutable [`TenantSet`] of snapshots. A call loads one set and decides
+//! with it alone, so it sees the old policies or the new ones, never a mix,
+//! and never waits for a reload. Reloaders are the only writers; a change to
+//! one tenant swaps in a new set that shares every other tenant's snapshot.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use arc_swap::{ArcSwap, Guard};
 
-use crate::core::Policy;
+use crate::core::{Policy, TenantSet};
 
-/// A compiled policy and when it came into force.
+/// A compiled policy, whose tenant it is, and when it came into force.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The tenant's name; `""` in single mode.
+    pub tenant: Arc<str>,
     /// The policy.
     pub policy: Policy,
     /// When it was swapped in, in milliseconds since the Unix epoch.
     pub loaded_at_unix_ms: i64,
 }
 
-/// The policy in force and the state of the last reload.
+impl AsRef<Policy> for Snapshot {
+    fn as_ref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+/// The tenants in force and the state of their last reloads.
 #[derive(Debug)]
 pub struct PolicyStore {
-    current: ArcSwap<Snapshot>,
-    last_reload_error: ArcSwapOption<String>,
+    tenants: ArcSwap<TenantSet<Snapshot>>,
+    /// Serialises writers, so no swap is lost between a load and a store.
+    writer: Mutex<()>,
+    /// Why a tenant's file on disk is not its policy in force. Read by admin
+    /// calls and written by reloaders, never on the decision path.
+    reload_errors: Mutex<HashMap<String, Arc<String>>>,
+    single: bool,
 }
 
 impl PolicyStore {
-    /// A store with `policy` in force.
+    /// Single mode (`--policy FILE`): one tenant, named `""`, in force.
     pub fn new(policy: Policy) -> Arc<Self> {
-        Arc::new(PolicyStore {
-            current: ArcSwap::from_pointee(Snapshot {
-                policy,
-                loaded_at_unix_ms: now_unix_ms(),
-            }),
-            last_reload_error: ArcSwapOption::empty(),
-        })
+        let snapshot = Arc::new(snapshot("", policy));
+        Arc::new(PolicyStore::from_set(TenantSet::single(snapshot), true))
     }
 
-    /// A store holding the policy `text`, for tests.
+    /// Directory mode (`--policy-dir DIR`): these tenants in force.
+    pub fn with_tenants(tenants: impl IntoIterator<Item = (String, Policy)>) -> Arc<Self> {
+        let set = TenantSet::from_tenants(tenants.into_iter().map(|(name, policy)| {
+            let snapshot = Arc::new(snapshot(&name, policy));
+            (Arc::clone(&snapshot.tenant), snapshot)
+        }));
+        Arc::new(PolicyStore::from_set(set, false))
+    }
+
+    fn from_set(set: TenantSet<Snapshot>, single: bool) -> Self {
+        PolicyStore {
+            tenants: ArcSwap::from_pointee(set),
+            writer: Mutex::new(()),
+            reload_errors: Mutex::new(HashMap::new()),
+            single,
+        }
+    }
+
+    /// A single-mode store holding the policy `text`, for tests.
     pub fn for_test(text: &str) -> Result<Arc<Self>, crate::core::PolicyError> {
         Ok(Self::new(Policy::compile("test.toml", text.as_bytes())?.policy))
     }
 
-    /// The snapshot in force; cheap, lock-free, never waits.
-    pub fn load(&self) -> Guard<Arc<Snapshot>> {
-        self.current.load()
+    /// Whether this is single mode (one tenant `""`).
+    pub fn is_single(&self) -> bool {
+        self.single
     }
 
-    /// The snapshot in force, as an owned handle (for long-lived use).
-    pub fn load_full(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+    /// The tenants in force; cheap, lock-free, never waits.
+    pub fn tenants(&self) -> Guard<Arc<TenantSet<Snapshot>>> {
+        self.tenants.load()
     }
 
-    /// Puts `policy` in force and clears the reload error.
+    /// The tenants in force, as an owned handle (for long-lived use).
+    pub fn tenants_full(&self) -> Arc<TenantSet<Snapshot>> {
+        self.tenants.load_full()
+    }
+
+    /// One tenant's snapshot in force.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Snapshot>> {
+        self.tenants.load().get(name).cloned()
+    }
+
+    /// Single mode's snapshot in force (tenant `""`); `None` in a directory
+    /// without a tenant of that name, which cannot exist.
+    pub fn load_full(&self) -> Option<Arc<Snapshot>> {
+        self.tenant("")
+    }
+
+    /// Puts `policy` in force for `name` (`None`: removes the tenant) and
+    /// clears its reload error. The other tenants keep their snapshots.
+    pub fn swap_tenant(&self, name: &str, policy: Option<Policy>) {
+        let snapshot = policy.map(|p| Arc::new(snapshot(name, p)));
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = self.tenants.load().with(name, snapshot);
+        self.tenants.store(Arc::new(next));
+        self.clear_reload_error(name);
+    }
+
+    /// Single mode: puts `policy` in force.
     pub fn swap(&self, policy: Policy) {
-        self.current.store(Arc::new(Snapshot {
-            policy,
-            loaded_at_unix_ms: now_unix_ms(),
-        }));
-        self.last_reload_error.store(None);
+        self.swap_tenant("", Some(policy));
     }
 
-    /// Records why the file on disk is not the policy in force.
-    pub fn set_reload_error(&self, error: String) {
-        self.last_reload_error.store(Some(Arc::new(error)));
+    /// Records why `name`'s file on disk is not its policy in force.
+    pub fn set_reload_error(&self, name: &str, error: String) {
+        self.errors().insert(name.to_owned(), Arc::new(error));
     }
 
-    /// Clears the reload error: the file on disk is the policy in force.
-    pub fn clear_reload_error(&self) {
-        self.last_reload_error.store(None);
+    /// Clears `name`'s reload error: its file on disk is the policy in force.
+    pub fn clear_reload_error(&self, name: &str) {
+        self.errors().remove(name);
     }
 
-    /// Why the file on disk is not the policy in force; `None` when it is.
-    pub fn last_reload_error(&self) -> Option<Arc<String>> {
-        self.last_reload_error.load_full()
+    /// Why `name`'s file on disk is not its policy in force; `None` when it is.
+    pub fn reload_error(&self, name: &str) -> Option<Arc<String>> {
+        self.errors().get(name).cloned()
+    }
+
+    /// How many tenants have a reload error.
+    pub fn stale_count(&self) -> usize {
+        self.errors().len()
+    }
+
+    fn errors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<String>>> {
+        self.reload_errors.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn snapshot(name: &str, policy: Policy) -> Snapshot {
+    Snapshot {
+        tenant: Arc::from(name),
+        policy,
+        loaded_at_unix_ms: now_unix_ms(),
     }
 }
 

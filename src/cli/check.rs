@@ -6,15 +6,24 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::validate::load;
-use crate::core::{Decision, Request, Verdict, decide};
+use super::validate::{load, load_dir};
+use crate::core::{Decision, Request, TenantDecision, Verdict, decide_for};
+use crate::store::PolicyStore;
 
 /// Flags of `corsd check`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("policies").required(true).args(["policy", "policy_dir"])))]
 pub(super) struct CheckArgs {
     /// The policy file.
     #[arg(long, env = "CORSD_POLICY")]
-    policy: PathBuf,
+    policy: Option<PathBuf>,
+    /// A directory of tenant policies, as `corsd serve --policy-dir` takes.
+    #[arg(long, env = "CORSD_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// The tenant the gateway names; without it the tenant is chosen by
+    /// the target's host (--authority).
+    #[arg(long, default_value = "")]
+    tenant: String,
     /// The request's Origin header; without it the request has none.
     #[arg(long)]
     origin: Option<String>,
@@ -46,9 +55,16 @@ pub(super) struct CheckArgs {
 }
 
 pub(super) fn run(args: &CheckArgs) -> ExitCode {
-    let compiled = match load(&args.policy) {
-        Ok(compiled) => compiled,
-        Err(_) => return ExitCode::from(2),
+    let store = match (&args.policy, &args.policy_dir) {
+        (Some(path), _) => match load(path) {
+            Ok(compiled) => PolicyStore::new(compiled.policy),
+            Err(_) => return ExitCode::from(2),
+        },
+        (None, Some(dir)) => match load_dir(dir) {
+            Ok(tenants) => PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy)| (name, policy))),
+            Err(_) => return ExitCode::from(2),
+        },
+        (None, None) => return ExitCode::from(2),
     };
     let method = match (&args.method, &args.request_method) {
         (Some(m), _) => m.as_str(),
@@ -66,11 +82,12 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
         authority: &args.authority,
         path: &args.path,
     };
-    let decision = decide(&compiled.policy, &request);
+    let tenants = store.tenants();
+    let TenantDecision { tenant, decision } = decide_for(&tenants, &args.tenant, &request);
     let printed = if args.json {
-        print_json(&decision)
+        print_json(tenant, &decision)
     } else {
-        print_text(&decision)
+        print_text(tenant, &decision, store.is_single())
     };
     if let Err(e) = printed {
         eprintln!("corsd check: cannot write the decision: {e}");
@@ -91,6 +108,7 @@ struct JsonDecision<'a> {
     response_headers: Vec<JsonHeader<'a>>,
     matched_pattern: &'a str,
     policy_version: &'a str,
+    tenant: &'a str,
 }
 
 #[derive(Serialize)]
@@ -100,7 +118,7 @@ struct JsonHeader<'a> {
     append: bool,
 }
 
-fn print_json(decision: &Decision<'_>) -> std::io::Result<()> {
+fn print_json(tenant: &str, decision: &Decision<'_>) -> std::io::Result<()> {
     let json = JsonDecision {
         verdict: decision.verdict.as_str(),
         reason: decision.reason.as_str(),
@@ -117,13 +135,14 @@ fn print_json(decision: &Decision<'_>) -> std::io::Result<()> {
             .collect(),
         matched_pattern: decision.matched_pattern(),
         policy_version: decision.policy_version,
+        tenant,
     };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &json).map_err(std::io::Error::other)?;
     writeln!(out)
 }
 
-fn print_text(decision: &Decision<'_>) -> std::io::Result<()> {
+fn print_text(tenant: &str, decision: &Decision<'_>, single: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{} ({})", decision.verdict.as_str(), decision.reason.as_str())?;
     if let Some(detail) = decision.detail {
@@ -137,6 +156,9 @@ fn print_text(decision: &Decision<'_>) -> std::io::Result<()> {
     }
     if let Some(entry) = decision.matched {
         writeln!(out, "matched: {} (line {})", entry.pattern, entry.line)?;
+    }
+    if !single {
+        writeln!(out, "tenant: {tenant}")?;
     }
     writeln!(out, "policy version: {}", decision.policy_version)?;
     for h in &decision.response_headers {

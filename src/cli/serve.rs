@@ -7,15 +7,20 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
-use super::validate::load;
-use crate::server::{LogFormat, ServeConfig};
+use super::validate::{load, load_dir};
+use crate::server::{LogFormat, Policies, ServeConfig};
 
 /// Flags of `corsd serve`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("policies").required(true).args(["policy", "policy_dir"])))]
 pub(super) struct ServeArgs {
     /// The policy file; it is watched and reloaded when it changes.
     #[arg(long, env = "CORSD_POLICY")]
-    policy: PathBuf,
+    policy: Option<PathBuf>,
+    /// A directory of tenant policies, `NAME.toml` each (exclusive with
+    /// --policy); every file is watched and reloaded on its own.
+    #[arg(long, env = "CORSD_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "CORSD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -43,18 +48,24 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
     };
     crate::server::init_tracing(log_format);
     // Start-up refuses a policy that `corsd validate` refuses, with its messages.
-    let compiled = match load(&args.policy) {
-        Ok(compiled) => compiled,
-        Err(code) => return code,
+    let policies = match (args.policy, args.policy_dir) {
+        (Some(path), _) => match load(&path) {
+            Ok(compiled) => Policies::File(path, Box::new(compiled.policy)),
+            Err(code) => return code,
+        },
+        (None, Some(dir)) => match load_dir(&dir) {
+            Ok(tenants) => Policies::Dir(dir, tenants),
+            Err(code) => return code,
+        },
+        (None, None) => return ExitCode::from(2),
     };
     let workers = args
         .workers
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, NonZeroUsize::get);
     let config = ServeConfig {
-        policy_path: args.policy,
         listen: args.listen,
         workers,
     };
-    crate::server::main(config, compiled.policy)
+    crate::server::main(config, policies)
 }

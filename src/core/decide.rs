@@ -166,6 +166,10 @@ pub enum Reason {
     MethodNotAllowed,
     /// The preflight asked for a header the policy does not allow.
     HeadersNotAllowed,
+    /// The gateway named a tenant that has no policy.
+    TenantUnknown,
+    /// Several tenants list the target host and the gateway named none.
+    TenantAmbiguous,
 }
 
 impl Reason {
@@ -181,6 +185,8 @@ impl Reason {
             Reason::OriginNull => "origin_null",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::HeadersNotAllowed => "headers_not_allowed",
+            Reason::TenantUnknown => "tenant_unknown",
+            Reason::TenantAmbiguous => "tenant_ambiguous",
         }
     }
 }
@@ -316,6 +322,29 @@ pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -
     match request.request_method.filter(|_| preflight) {
         None => allow_actual(policy, entry, origin_value),
         Some(method) => allow_preflight(policy, entry, origin_value, method, request),
+    }
+}
+
+/// The decision when no tenant's policy can decide (DESIGN.md section 8):
+/// out of scope is forwarded untouched; an unknown or ambiguous tenant is
+/// denied with `Vary: Origin` alone, unless the request has no `Origin`,
+/// which is never a CORS request. No policy decided, so no version.
+pub(crate) fn without_policy<'a, H>(reason: Reason, request: &Request<'a, H>) -> Decision<'a> {
+    let vary = |append| ResponseHeaders::one(ResponseHeader::vary(VARY_ORIGIN, append));
+    let (verdict, reason, answer, response_headers) = match (reason, request.origin) {
+        (Reason::OutOfScope, _) => (Verdict::NotCors, reason, Answer::Forward, ResponseHeaders::default()),
+        (_, None) => (Verdict::NotCors, Reason::NoOrigin, Answer::Forward, vary(true)),
+        (_, Some(_)) => (Verdict::Deny, reason, Answer::Deny, vary(false)),
+    };
+    Decision {
+        verdict,
+        reason,
+        preflight: verdict == Verdict::Deny && request.method == "OPTIONS" && request.request_method.is_some(),
+        answer,
+        response_headers,
+        matched: None,
+        policy_version: "",
+        detail: None,
     }
 }
 

@@ -8,7 +8,9 @@ pub mod fetch;
 pub mod origin;
 pub mod pattern;
 pub mod policy;
+pub mod tenants;
 
 pub use decide::{Answer, Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
 pub use pattern::{OriginPattern, PatternError};
 pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};
+pub use tenants::{Selection, TenantDecision, TenantSet, decide_for, is_tenant_name};

@@ -12,7 +12,7 @@ use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_le
 use crate::core::origin::{RequestOrigin, parse_request_origin};
 use crate::core::{Decision, Reason, ResponseHeader, Verdict};
 use crate::observe::Api;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, Snapshot};
 
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -57,13 +57,14 @@ impl CorsPolicyService {
             authority: text("authority", &call.authority)?,
             path: text("path", &call.path)?,
         };
-        Ok(self.path.decide(Api::Corsd, &request, encode_check_origin))
+        let tenant = text("tenant", &call.tenant)?;
+        Ok(self.path.decide(Api::Corsd, tenant, &request, encode_check_origin))
     }
 }
 
 /// A decision as the generated message: the readable mapping, which
 /// [`encode_check_origin`] writes without building.
-pub fn to_proto(decision: &Decision<'_>) -> pb::CheckOriginResponse {
+pub fn to_proto(tenant: &str, decision: &Decision<'_>) -> pb::CheckOriginResponse {
     pb::CheckOriginResponse {
         verdict: verdict(decision.verdict) as i32,
         reason: reason(decision.reason) as i32,
@@ -80,6 +81,7 @@ pub fn to_proto(decision: &Decision<'_>) -> pb::CheckOriginResponse {
             .collect(),
         matched_pattern: decision.matched_pattern().to_owned(),
         policy_version: decision.policy_version.to_owned(),
+        tenant: tenant.to_owned(),
     }
 }
 
@@ -102,6 +104,8 @@ fn reason(r: Reason) -> pb::Reason {
         Reason::OriginNull => pb::Reason::OriginNull,
         Reason::MethodNotAllowed => pb::Reason::MethodNotAllowed,
         Reason::HeadersNotAllowed => pb::Reason::HeadersNotAllowed,
+        Reason::TenantUnknown => pb::Reason::TenantUnknown,
+        Reason::TenantAmbiguous => pb::Reason::TenantAmbiguous,
     }
 }
 
@@ -114,6 +118,7 @@ mod field {
     pub const RESPONSE_HEADERS: u32 = 5;
     pub const MATCHED_PATTERN: u32 = 6;
     pub const POLICY_VERSION: u32 = 7;
+    pub const TENANT: u32 = 8;
     pub const HEADER_NAME: u32 = 1;
     pub const HEADER_VALUE: u32 = 2;
     pub const HEADER_APPEND: u32 = 3;
@@ -121,7 +126,7 @@ mod field {
 
 /// Writes a decision as a `CheckOriginResponse`: the bytes prost writes for
 /// [`to_proto`], without building it.
-pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
+pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Encoded {
     use field::*;
     let header_len = |h: &ResponseHeader<'_>| {
         str_len(HEADER_NAME, h.name.as_str())
@@ -140,7 +145,8 @@ pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
             .map(|h| sub_len(RESPONSE_HEADERS, header_len(h)))
             .sum::<usize>()
         + str_len(MATCHED_PATTERN, decision.matched_pattern())
-        + str_len(POLICY_VERSION, decision.policy_version);
+        + str_len(POLICY_VERSION, decision.policy_version)
+        + str_len(TENANT, tenant);
     let mut out = Writer::with_len(len);
     out.put_varint(VERDICT, verdict);
     out.put_varint(REASON, reason);
@@ -154,6 +160,7 @@ pub fn encode_check_origin(decision: &Decision<'_>) -> Encoded {
     }
     out.put_str(MATCHED_PATTERN, decision.matched_pattern());
     out.put_str(POLICY_VERSION, decision.policy_version);
+    out.put_str(TENANT, tenant);
     out.finish()
 }
 
@@ -169,7 +176,9 @@ impl CorsPolicy for CorsPolicyService {
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = request.get_ref();
         let store = self.path.store();
-        let snapshot = store.load_full();
+        let Some(snapshot) = store.tenant(&r.tenant) else {
+            return Err(Status::not_found(format!("no tenant `{}`", r.tenant)));
+        };
         let policy = &snapshot.policy;
         let page_size = match r.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -220,15 +229,69 @@ impl CorsPolicy for CorsPolicyService {
             entries: page,
             next_page_token,
             total_size: u32::try_from(total).unwrap_or(u32::MAX),
-            policy: Some(pb::PolicyInfo {
-                version: policy.version().to_owned(),
-                label: policy.label().to_owned(),
-                source: policy.source().to_owned(),
-                loaded_at_unix_ms: snapshot.loaded_at_unix_ms,
-                entry_count: u32::try_from(policy.entries().len()).unwrap_or(u32::MAX),
-                last_reload_error: store.last_reload_error().map(|e| e.to_string()).unwrap_or_default(),
-            }),
+            policy: Some(policy_info(store, &snapshot)),
         }))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let r = request.get_ref();
+        let store = self.path.store();
+        let tenants = store.tenants_full();
+        let page_size = match r.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let sorted = tenants.sorted();
+        // A token names the last tenant listed, so a page never repeats or
+        // skips one that stayed, whatever came or went in between.
+        let start = match r.page_token.strip_prefix(TENANT_TOKEN) {
+            _ if r.page_token.is_empty() => 0,
+            Some(after) => sorted.partition_point(|(name, _)| *name <= after),
+            None => {
+                return Err(Status::invalid_argument(
+                    "`page_token` is not a token ListTenants gave out",
+                ));
+            }
+        };
+        let page: Vec<pb::PolicyInfo> = sorted
+            .iter()
+            .skip(start)
+            .take(page_size)
+            .map(|(_, snapshot)| policy_info(store, snapshot))
+            .collect();
+        let end = start.saturating_add(page.len());
+        let next_page_token = match page.last() {
+            Some(last) if end < sorted.len() => format!("{TENANT_TOKEN}{}", last.tenant),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page,
+            next_page_token,
+            total_size: u32::try_from(sorted.len()).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+/// What a `ListTenants` page token starts with; the last name listed follows.
+const TENANT_TOKEN: &str = "after:";
+
+/// A tenant's policy in force and the state of its file.
+fn policy_info(store: &PolicyStore, snapshot: &Snapshot) -> pb::PolicyInfo {
+    let policy = &snapshot.policy;
+    pb::PolicyInfo {
+        version: policy.version().to_owned(),
+        label: policy.label().to_owned(),
+        source: policy.source().to_owned(),
+        loaded_at_unix_ms: snapshot.loaded_at_unix_ms,
+        entry_count: u32::try_from(policy.entries().len()).unwrap_or(u32::MAX),
+        last_reload_error: store
+            .reload_error(&snapshot.tenant)
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        tenant: snapshot.tenant.to_string(),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::core::{Decision, Request, decide};
+use crate::core::{Decision, Request, TenantDecision, decide_for};
 use crate::observe::{self, Api};
 use crate::store::PolicyStore;
 
@@ -26,12 +26,19 @@ impl DecisionPath {
         &self.store
     }
 
-    /// Decides `request`, asked through `api`, and returns what `answer`
-    /// makes of the decision. Never waits: one lock-free load of the store.
-    pub fn decide<R>(&self, api: Api, request: &Request<'_>, answer: impl FnOnce(&Decision<'_>) -> R) -> R {
-        let snapshot = self.store.load();
-        let decision = decide(&snapshot.policy, request);
-        observe::decision(api, request, &decision);
-        answer(&decision)
+    /// Decides `request`, asked through `api` for the tenant `named` (empty:
+    /// by the target host), and returns what `answer` makes of the tenant
+    /// and the decision. Never waits: one lock-free load of the store.
+    pub fn decide<R>(
+        &self,
+        api: Api,
+        named: &str,
+        request: &Request<'_>,
+        answer: impl FnOnce(&str, &Decision<'_>) -> R,
+    ) -> R {
+        let tenants = self.store.tenants();
+        let TenantDecision { tenant, decision } = decide_for(&tenants, named, request);
+        observe::decision(api, tenant, request, &decision);
+        answer(tenant, &decision)
     }
 }

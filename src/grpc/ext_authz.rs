@@ -36,10 +36,18 @@ impl AuthorizationService {
 
     /// Decides one `Check` call with the policy in force.
     pub fn answer(&self, call: &AuthzCall) -> Result<Encoded, Status> {
-        let Some(http) = call.attributes.as_ref().and_then(|a| a.request.as_ref()?.http.as_ref()) else {
+        let Some(attributes) = call.attributes.as_ref() else {
+            return Err(Status::invalid_argument("the check request has no attributes"));
+        };
+        let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
             return Err(Status::invalid_argument(
                 "the check request has no HTTP request attributes",
             ));
+        };
+        // Set by Envoy per route or virtual host; nothing the client sends.
+        let tenant = match attributes.context_extensions.iter().find(|e| &e.key[..] == b"tenant") {
+            Some(entry) => text("context_extensions[\"tenant\"]", &entry.value)?,
+            None => "",
         };
         let headers = CorsHeaders::read(http);
         let method = text("method", &http.method)?;
@@ -54,7 +62,9 @@ impl AuthorizationService {
             authority: text("host", &http.host)?,
             path: text("path", &http.path)?,
         };
-        Ok(self.path.decide(Api::ExtAuthz, &request, encode_check_response))
+        Ok(self.path.decide(Api::ExtAuthz, tenant, &request, |_, decision| {
+            encode_check_response(decision)
+        }))
     }
 }
 

@@ -42,6 +42,8 @@ pub struct CheckOriginCall {
     pub path: Bytes,
     /// `access_control_request_private_network` (8).
     pub access_control_request_private_network: bool,
+    /// `tenant` (9); empty: select the tenant by the target host.
+    pub tenant: Bytes,
 }
 
 impl CheckOriginCall {
@@ -55,7 +57,8 @@ impl CheckOriginCall {
             4 => self.access_control_request_headers.push(value),
             5 => self.scheme = value,
             6 => self.authority = value,
-            _ => self.path = value,
+            7 => self.path = value,
+            _ => self.tenant = value,
         }
     }
 }
@@ -81,6 +84,9 @@ impl prost::Message for CheckOriginCall {
         if self.access_control_request_private_network {
             bool::encode(8, &true, buf);
         }
+        if !self.tenant.is_empty() {
+            bytes::encode(9, &self.tenant, buf);
+        }
     }
 
     /// One pass over the whole message, which is taken from `buf` at once.
@@ -89,7 +95,7 @@ impl prost::Message for CheckOriginCall {
         let mut rest: &[u8] = &message;
         while !rest.is_empty() {
             let (tag, wire_type) = prost::encoding::decode_key(&mut rest)?;
-            if (1..=7).contains(&tag) && wire_type == WireType::LengthDelimited {
+            if matches!(tag, 1..=7 | 9) && wire_type == WireType::LengthDelimited {
                 let mut value = rest;
                 let len = prost::encoding::decode_varint(&mut value)?;
                 let start = message.len() - value.len();
@@ -118,7 +124,7 @@ impl prost::Message for CheckOriginCall {
     ) -> Result<(), prost::DecodeError> {
         use prost::encoding::{bool, bytes};
         match tag {
-            1..=7 => {
+            1..=7 | 9 => {
                 let mut value = Bytes::new();
                 bytes::merge(wire_type, &mut value, buf, ctx)?;
                 self.set(tag, value);
@@ -152,6 +158,11 @@ impl prost::Message for CheckOriginCall {
             } else {
                 0
             }
+            + if self.tenant.is_empty() {
+                0
+            } else {
+                bytes::encoded_len(9, &self.tenant)
+            }
     }
 
     fn clear(&mut self) {
@@ -167,12 +178,16 @@ pub struct AuthzCall {
     pub attributes: Option<AuthzAttributes>,
 }
 
-/// `AttributeContext`: only `request` is read.
+/// `AttributeContext`: only `request` and `context_extensions` are read.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthzAttributes {
     /// `request`.
     #[prost(message, optional, tag = "4")]
     pub request: Option<AuthzRequest>,
+    /// `context_extensions`, a `map<string, string>` set per route or virtual
+    /// host in Envoy (`ExtAuthzPerRoute`): one key/value message per entry.
+    #[prost(message, repeated, tag = "10")]
+    pub context_extensions: Vec<AuthzHeader>,
 }
 
 /// `AttributeContext.Request`: only `http` is read.

@@ -23,5 +23,6 @@ mod properties;
 mod reload;
 mod serve_process;
 mod service;
+mod tenants;
 mod transport;
 mod wire;

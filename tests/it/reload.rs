@@ -214,7 +214,7 @@ async fn calls_never_fail_or_mix_policies_while_the_file_churns() {
                         path: "",
                     },
                 );
-                corsd::grpc::cors_policy::to_proto(&d)
+                corsd::grpc::cors_policy::to_proto("", &d)
             })
             .collect()
     };

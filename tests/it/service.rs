@@ -23,6 +23,7 @@ pub fn check_request(r: &common::Resolved) -> CheckOriginRequest {
         authority: r.authority.clone(),
         path: r.path.clone(),
         access_control_request_private_network: r.private_network,
+        tenant: String::new(),
     }
 }
 
@@ -102,6 +103,7 @@ async fn list_entries_pages_in_file_order() {
                 page_size: 0,
                 page_token: token.clone(),
                 origin: String::new(),
+                tenant: String::new(),
             })
             .await
             .unwrap()

@@ -30,7 +30,9 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
     let mut failures = Vec::new();
     for (case, r) in common::decision_cases() {
         let decision = decide(&policies[&r.policy], &r.request());
-        if encode_check_origin(&decision).as_bytes() != to_proto(&decision).encode_to_vec() {
+        if encode_check_origin("", &decision).as_bytes() != to_proto("", &decision).encode_to_vec()
+            || encode_check_origin("acme", &decision).as_bytes() != to_proto("acme", &decision).encode_to_vec()
+        {
             failures.push(format!("{}: CheckOriginResponse differs", case.name));
         }
         if encode_check_response(&decision).as_bytes() != to_check_response(&decision).encode_to_vec() {
@@ -65,6 +67,7 @@ proptest! {
         private_network in any::<bool>(),
         (scheme, authority, path) in (text(), text(), text()),
     ) {
+        let tenant = scheme.clone();
         let request = CheckOriginRequest {
             origin,
             method,
@@ -74,6 +77,7 @@ proptest! {
             authority,
             path,
             access_control_request_private_network: private_network,
+            tenant,
         };
         let call = CheckOriginCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
         let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
@@ -84,6 +88,7 @@ proptest! {
         prop_assert_eq!(utf8(&call.scheme), request.scheme);
         prop_assert_eq!(utf8(&call.authority), request.authority);
         prop_assert_eq!(utf8(&call.path), request.path);
+        prop_assert_eq!(utf8(&call.tenant), request.tenant);
         prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
     }
 

@@ -159,6 +159,12 @@ impl Policy {
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
+
+    /// The hosts of `[scope]`, normalised (lowercase, no port, no trailing
+    /// dot); empty when the policy covers every host.
+    pub fn scope_hosts(&self) -> impl Iterator<Item = &str> {
+        self.scope.hosts().iter().map(|h| &**h)
+    }
 }
 
 fn version_of(bytes: &[u8]) -> String {

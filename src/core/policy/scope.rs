@@ -142,6 +142,12 @@ impl Scope {
         self.covers_host(host) && self.covers_path(path)
     }
 
+    /// The scope's hosts: lowercase, without port or trailing dot, each once,
+    /// in file order; empty when the allowlist covers every host.
+    pub(crate) fn hosts(&self) -> &[Box<str>] {
+        &self.host_list
+    }
+
     fn covers_host(&self, host: &str) -> bool {
         if self.host_list.is_empty() || host.is_empty() {
             return true;

@@ -39,8 +39,13 @@ impl Envoy {
     /// Starts Envoy on the shipped config, pointed at `corsd` and `upstream`,
     /// and waits until its listener answers.
     pub async fn start(binary: &Path, corsd: SocketAddr, upstream: SocketAddr) -> Envoy {
+        Envoy::start_config(binary, "envoy.yaml", corsd, upstream).await
+    }
+
+    /// Starts Envoy on the shipped `deploy/envoy/NAME`, its ports rewritten.
+    pub async fn start_config(binary: &Path, name: &str, corsd: SocketAddr, upstream: SocketAddr) -> Envoy {
         let shipped =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy.yaml")).unwrap();
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(name)).unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let config = shipped
             .replace("port_value: 8080", &format!("port_value: {port}"))

@@ -1,0 +1,318 @@
+//! Tenants: one policy per organisation, and which of them decides a request
+//! (DESIGN.md section 8).
+//!
+//! [`TenantSet::select`] is one pure function of the name the gateway gave
+//! and the target host: the named tenant; else the one tenant whose
+//! `scope.hosts` lists the host; else none (out of scope). A name with no
+//! policy and a host listed by several tenants are outcomes, not errors: the
+//! caller denies them. Selecting costs at most one hash lookup, whatever the
+//! tenant count, and allocates nothing. With a single policy (`--policy
+//! FILE`) the set holds one default tenant named `""` that decides every
+//! request that names no tenant, so everything behaves as without tenants.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+
+use super::decide::{Decision, Reason, Request, decide, without_policy};
+use super::origin::MAX_HOST_LEN;
+use super::policy::Policy;
+
+/// Longest tenant name.
+pub const MAX_TENANT_NAME_LEN: usize = 63;
+
+/// Whether `name` is a tenant name: `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn is_tenant_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.len() <= MAX_TENANT_NAME_LEN
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The policies in force, by tenant name, and the index of their scope hosts.
+///
+/// `T` is what the caller keeps per tenant (the server keeps a snapshot with
+/// its load time); it lends its [`Policy`] through `AsRef`.
+#[derive(Debug)]
+pub struct TenantSet<T> {
+    tenants: HashMap<Arc<str>, Arc<T>, RandomState>,
+    /// Each scope host and the tenants that list it (several: a shared
+    /// host); shared slices, so cloning the index for a swap copies pointers.
+    hosts: HashMap<Box<str>, Arc<[Arc<str>]>, RandomState>,
+    /// The tenant `""` of single mode, which decides unnamed requests.
+    default: Option<Arc<T>>,
+}
+
+/// What [`TenantSet::select`] found.
+#[derive(Debug)]
+pub enum Selection<'s, T> {
+    /// This tenant decides.
+    Tenant(&'s str, &'s T),
+    /// The gateway named a tenant that has no policy: deny.
+    Unknown,
+    /// Several tenants list the target host and none was named: deny.
+    Ambiguous,
+    /// No tenant covers the target: out of scope, forward untouched.
+    None,
+}
+
+impl<T: AsRef<Policy>> TenantSet<T> {
+    /// Single mode: one tenant, named `""`, deciding every unnamed request.
+    pub fn single(tenant: Arc<T>) -> Self {
+        let mut set = TenantSet::from_tenants(std::iter::once((Arc::<str>::from(""), Arc::clone(&tenant))));
+        set.default = Some(tenant);
+        set
+    }
+
+    /// A set of named tenants (directory mode); none is the default.
+    pub fn from_tenants(tenants: impl IntoIterator<Item = (Arc<str>, Arc<T>)>) -> Self {
+        let tenants: HashMap<Arc<str>, Arc<T>, RandomState> = tenants.into_iter().collect();
+        // Built in lists first: a shared host listed by every tenant would
+        // otherwise be copied once per tenant.
+        let mut owners: HashMap<Box<str>, Vec<Arc<str>>, RandomState> = HashMap::default();
+        for (name, tenant) in &tenants {
+            for host in (**tenant).as_ref().scope_hosts() {
+                owners.entry(host.into()).or_default().push(Arc::clone(name));
+            }
+        }
+        TenantSet {
+            tenants,
+            hosts: owners
+                .into_iter()
+                .map(|(host, names)| (host, Arc::from(names)))
+                .collect(),
+            default: None,
+        }
+    }
+
+    /// The same set with `name`'s tenant replaced, added (`Some`) or removed
+    /// (`None`). The other tenants' policies are shared, not copied: the two
+    /// maps are cloned (pointers only) and the changed tenant's hosts updated.
+    pub fn with(&self, name: &str, tenant: Option<Arc<T>>) -> Self {
+        let mut set = TenantSet {
+            tenants: self.tenants.clone(),
+            hosts: self.hosts.clone(),
+            default: self.default.clone(),
+        };
+        set.remove(name);
+        if name.is_empty() && set.default.is_some() {
+            set.default.clone_from(&tenant);
+        }
+        if let Some(tenant) = tenant {
+            set.insert(Arc::from(name), tenant);
+        }
+        set
+    }
+
+    fn insert(&mut self, name: Arc<str>, tenant: Arc<T>) {
+        self.remove(&name);
+        for host in (*tenant).as_ref().scope_hosts() {
+            let owners = match self.hosts.get(host) {
+                Some(owners) => owners.iter().cloned().chain([Arc::clone(&name)]).collect(),
+                None => Arc::from([Arc::clone(&name)]),
+            };
+            self.hosts.insert(host.into(), owners);
+        }
+        self.tenants.insert(name, tenant);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(old) = self.tenants.remove(name) else {
+            return;
+        };
+        for host in (*old).as_ref().scope_hosts() {
+            let Some(owners) = self.hosts.get(host) else {
+                continue;
+            };
+            let rest: Arc<[Arc<str>]> = owners.iter().filter(|owner| ***owner != *name).cloned().collect();
+            if rest.is_empty() {
+                self.hosts.remove(host);
+            } else {
+                self.hosts.insert(host.into(), rest);
+            }
+        }
+    }
+
+    /// Chooses the tenant that decides a request to `host` (the target's
+    /// authority or host, any case, maybe with a port and a trailing dot),
+    /// naming `named` (empty: none named).
+    pub fn select<'s>(&'s self, named: &str, host: &str) -> Selection<'s, T> {
+        if !named.is_empty() {
+            return match self.tenants.get_key_value(named) {
+                Some((name, tenant)) => Selection::Tenant(name, tenant),
+                None => Selection::Unknown,
+            };
+        }
+        if let Some(default) = &self.default {
+            return Selection::Tenant("", default);
+        }
+        let mut buffer = [0u8; MAX_HOST_LEN + 1];
+        let Some(host) = lowercase_host(host, &mut buffer) else {
+            return Selection::None;
+        };
+        match self.hosts.get(host).map(|owners| &**owners) {
+            Some([name]) => match self.tenants.get_key_value(&**name) {
+                Some((name, tenant)) => Selection::Tenant(name, tenant),
+                None => Selection::None,
+            },
+            Some([_, _, ..]) => Selection::Ambiguous,
+            Some([]) | None => Selection::None,
+        }
+    }
+
+    /// One tenant by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<T>> {
+        self.tenants.get(name)
+    }
+
+    /// The tenants, in name order.
+    pub fn sorted(&self) -> Vec<(&str, &Arc<T>)> {
+        let mut all: Vec<(&str, &Arc<T>)> = self.tenants.iter().map(|(n, t)| (&**n, t)).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// How many tenants there are.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+/// A decision and the tenant it was made for.
+#[derive(Debug, Clone)]
+pub struct TenantDecision<'a> {
+    /// The tenant that decided; the name given when it is unknown; empty
+    /// when none was selected (and in single mode).
+    pub tenant: &'a str,
+    /// The decision.
+    pub decision: Decision<'a>,
+}
+
+/// Selects the tenant for `request` (named `named` by the gateway, or by the
+/// target host) and decides with its policy.
+pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
+    tenants: &'a TenantSet<T>,
+    named: &'a str,
+    request: &Request<'a, H>,
+) -> TenantDecision<'a> {
+    match tenants.select(named, request.authority) {
+        Selection::Tenant(tenant, policy) => TenantDecision {
+            tenant,
+            decision: decide(policy.as_ref(), request),
+        },
+        Selection::Unknown => TenantDecision {
+            tenant: named,
+            decision: without_policy(Reason::TenantUnknown, request),
+        },
+        Selection::Ambiguous => TenantDecision {
+            tenant: "",
+            decision: without_policy(Reason::TenantAmbiguous, request),
+        },
+        Selection::None => TenantDecision {
+            tenant: "",
+            decision: without_policy(Reason::OutOfScope, request),
+        },
+    }
+}
+
+/// The host of an authority, lowercase, without port or trailing dot, in
+/// `buffer`; `None` when it cannot be a scope host.
+fn lowercase_host<'b>(authority: &str, buffer: &'b mut [u8; MAX_HOST_LEN + 1]) -> Option<&'b str> {
+    let host = match super::origin::split_host_port(authority) {
+        Some((host, _)) => host,
+        None => authority,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    let lower = buffer.get_mut(..host.len())?;
+    lower.copy_from_slice(host.as_bytes());
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Held(Policy);
+
+    impl AsRef<Policy> for Held {
+        fn as_ref(&self) -> &Policy {
+            &self.0
+        }
+    }
+
+    fn tenant(hosts: &[&str]) -> Arc<Held> {
+        let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+        let text = format!("[scope]\nhosts = [{list}]\n");
+        Arc::new(Held(Policy::compile("t.toml", text.as_bytes()).unwrap().policy))
+    }
+
+    fn name<T>(selection: Selection<'_, T>) -> String {
+        match selection {
+            Selection::Tenant(name, _) => format!("tenant {name}"),
+            Selection::Unknown => "unknown".into(),
+            Selection::Ambiguous => "ambiguous".into(),
+            Selection::None => "none".into(),
+        }
+    }
+
+    #[test]
+    fn selects_in_the_order_of_the_contract() {
+        let set = TenantSet::from_tenants([
+            ("acme".into(), tenant(&["acme.my.example.com", "api.example.com"])),
+            ("globex".into(), tenant(&["globex.my.example.com", "api.example.com"])),
+            ("initech".into(), tenant(&[])),
+        ]);
+        assert_eq!(name(set.select("", "acme.my.example.com")), "tenant acme");
+        assert_eq!(name(set.select("", "ACME.My.Example.com.:443")), "tenant acme");
+        assert_eq!(name(set.select("", "api.example.com")), "ambiguous");
+        assert_eq!(name(set.select("globex", "api.example.com")), "tenant globex");
+        assert_eq!(name(set.select("initech", "anything.example")), "tenant initech");
+        assert_eq!(name(set.select("", "initech.example")), "none");
+        assert_eq!(name(set.select("nobody", "acme.my.example.com")), "unknown");
+        assert_eq!(name(set.select("", "")), "none");
+    }
+
+    #[test]
+    fn single_mode_decides_every_unnamed_request() {
+        let set = TenantSet::single(tenant(&["api.example.com"]));
+        assert_eq!(name(set.select("", "elsewhere.example")), "tenant ");
+        assert_eq!(name(set.select("acme", "api.example.com")), "unknown");
+    }
+
+    #[test]
+    fn replacing_one_tenant_keeps_the_others() {
+        let acme = tenant(&["acme.example.com"]);
+        let set = TenantSet::from_tenants([
+            ("acme".into(), Arc::clone(&acme)),
+            ("b".into(), tenant(&["b.example.com"])),
+        ]);
+        let next = set.with("b", Some(tenant(&["acme.example.com"])));
+        assert!(Arc::ptr_eq(next.get("acme").unwrap(), &acme));
+        assert_eq!(name(next.select("", "acme.example.com")), "ambiguous");
+        let fewer = next.with("b", None);
+        assert_eq!(fewer.len(), 1);
+        assert_eq!(name(fewer.select("", "acme.example.com")), "tenant acme");
+    }
+
+    #[test]
+    fn tenant_names() {
+        for good in ["a", "acme", "acme-prod", "a_b", "0", &"a".repeat(63)] {
+            assert!(is_tenant_name(good), "{good}");
+        }
+        for bad in ["", "Acme", "-a", "_a", "..data", ".acme", "a.b", "a b", &"a".repeat(64)] {
+            assert!(!is_tenant_name(bad), "{bad}");
+        }
+    }
+}
