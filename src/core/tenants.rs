@@ -32,6 +32,23 @@ pub fn is_tenant_name(name: &str) -> bool {
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// The tenants listing one scope host: how many, and the one when there is
+/// exactly one (a shared host is listed by several, and then no one decides).
+#[derive(Debug)]
+struct Owners<T> {
+    count: usize,
+    sole: Option<(Arc<str>, Arc<T>)>,
+}
+
+impl<T> Clone for Owners<T> {
+    fn clone(&self) -> Self {
+        Owners {
+            count: self.count,
+            sole: self.sole.clone(),
+        }
+    }
+}
+
 /// The policies in force, by tenant name, and the index of their scope hosts.
 ///
 /// `T` is what the caller keeps per tenant (the server keeps a snapshot with
@@ -39,9 +56,9 @@ pub fn is_tenant_name(name: &str) -> bool {
 #[derive(Debug)]
 pub struct TenantSet<T> {
     tenants: HashMap<Arc<str>, Arc<T>, RandomState>,
-    /// Each scope host and the tenants that list it (several: a shared
-    /// host); shared slices, so cloning the index for a swap copies pointers.
-    hosts: HashMap<Box<str>, Arc<[Arc<str>]>, RandomState>,
+    /// Each scope host and who lists it: a host listed by one tenant leads
+    /// straight to it, so selecting by host is one lookup.
+    hosts: HashMap<Arc<str>, Owners<T>, RandomState>,
     /// The tenant `""` of single mode, which decides unnamed requests.
     default: Option<Arc<T>>,
 }
@@ -69,23 +86,15 @@ impl<T: AsRef<Policy>> TenantSet<T> {
 
     /// A set of named tenants (directory mode); none is the default.
     pub fn from_tenants(tenants: impl IntoIterator<Item = (Arc<str>, Arc<T>)>) -> Self {
-        let tenants: HashMap<Arc<str>, Arc<T>, RandomState> = tenants.into_iter().collect();
-        // Built in lists first: a shared host listed by every tenant would
-        // otherwise be copied once per tenant.
-        let mut owners: HashMap<Box<str>, Vec<Arc<str>>, RandomState> = HashMap::default();
-        for (name, tenant) in &tenants {
-            for host in (**tenant).as_ref().scope_hosts() {
-                owners.entry(host.into()).or_default().push(Arc::clone(name));
-            }
-        }
-        TenantSet {
-            tenants,
-            hosts: owners
-                .into_iter()
-                .map(|(host, names)| (host, Arc::from(names)))
-                .collect(),
+        let mut set = TenantSet {
+            tenants: HashMap::default(),
+            hosts: HashMap::default(),
             default: None,
+        };
+        for (name, tenant) in tenants {
+            set.insert(name, tenant);
         }
+        set
     }
 
     /// The same set with `name`'s tenant replaced, added (`Some`) or removed
@@ -97,41 +106,85 @@ impl<T: AsRef<Policy>> TenantSet<T> {
             hosts: self.hosts.clone(),
             default: self.default.clone(),
         };
-        set.remove(name);
-        if name.is_empty() && set.default.is_some() {
-            set.default.clone_from(&tenant);
-        }
-        if let Some(tenant) = tenant {
-            set.insert(Arc::from(name), tenant);
+        let name: Arc<str> = match self.tenants.get_key_value(name) {
+            Some((known, _)) => Arc::clone(known),
+            None => Arc::from(name),
+        };
+        let old = set.tenants.remove(&name);
+        match (&old, tenant) {
+            (Some(old), Some(new)) => {
+                // The hosts both versions list keep their count; only the
+                // tenant they lead to changes.
+                for host in (**old).as_ref().scope_hosts() {
+                    set.unlist(host, &name);
+                }
+                set.list(&name, &new);
+                set.resolve_sole(&name, old);
+                if name.is_empty() && set.default.is_some() {
+                    set.default = Some(Arc::clone(&new));
+                }
+                set.tenants.insert(name, new);
+            }
+            (Some(old), None) => {
+                for host in (**old).as_ref().scope_hosts() {
+                    set.unlist(host, &name);
+                }
+                set.resolve_sole(&name, old);
+                if name.is_empty() {
+                    set.default = None;
+                }
+            }
+            (None, Some(new)) => set.insert(name, new),
+            (None, None) => {}
         }
         set
     }
 
     fn insert(&mut self, name: Arc<str>, tenant: Arc<T>) {
-        self.remove(&name);
-        for host in (*tenant).as_ref().scope_hosts() {
-            let owners = match self.hosts.get(host) {
-                Some(owners) => owners.iter().cloned().chain([Arc::clone(&name)]).collect(),
-                None => Arc::from([Arc::clone(&name)]),
-            };
-            self.hosts.insert(host.into(), owners);
-        }
+        self.list(&name, &tenant);
         self.tenants.insert(name, tenant);
     }
 
-    fn remove(&mut self, name: &str) {
-        let Some(old) = self.tenants.remove(name) else {
+    /// Counts `tenant`'s hosts as listed by `name`.
+    fn list(&mut self, name: &Arc<str>, tenant: &Arc<T>) {
+        for host in (**tenant).as_ref().scope_hosts() {
+            let owners = self.hosts.entry(host.into()).or_insert(Owners { count: 0, sole: None });
+            owners.count += 1;
+            owners.sole = (owners.count == 1).then(|| (Arc::clone(name), Arc::clone(tenant)));
+        }
+    }
+
+    /// Takes `name` off `host`'s count.
+    fn unlist(&mut self, host: &str, name: &str) {
+        let Some(owners) = self.hosts.get_mut(host) else {
             return;
         };
-        for host in (*old).as_ref().scope_hosts() {
+        owners.count = owners.count.saturating_sub(1);
+        if owners.count == 0 {
+            self.hosts.remove(host);
+        } else if owners.sole.as_ref().is_some_and(|(sole, _)| **sole == *name) || owners.count == 1 {
+            owners.sole = None;
+        }
+    }
+
+    /// After `name`'s old version `old` was unlisted: a host left with one
+    /// owner leads to it. Finding it scans the tenants, which happens only
+    /// when a host shared by exactly two tenants loses one.
+    fn resolve_sole(&mut self, name: &str, old: &Arc<T>) {
+        for host in (**old).as_ref().scope_hosts() {
             let Some(owners) = self.hosts.get(host) else {
                 continue;
             };
-            let rest: Arc<[Arc<str>]> = owners.iter().filter(|owner| ***owner != *name).cloned().collect();
-            if rest.is_empty() {
-                self.hosts.remove(host);
-            } else {
-                self.hosts.insert(host.into(), rest);
+            if owners.count != 1 || owners.sole.is_some() {
+                continue;
+            }
+            let sole = self
+                .tenants
+                .iter()
+                .find(|(other, tenant)| ***other != *name && (***tenant).as_ref().scope_hosts().any(|h| h == host))
+                .map(|(other, tenant)| (Arc::clone(other), Arc::clone(tenant)));
+            if let Some(owners) = self.hosts.get_mut(host) {
+                owners.sole = sole;
             }
         }
     }
@@ -149,17 +202,29 @@ impl<T: AsRef<Policy>> TenantSet<T> {
         if let Some(default) = &self.default {
             return Selection::Tenant("", default);
         }
-        let mut buffer = [0u8; MAX_HOST_LEN + 1];
-        let Some(host) = lowercase_host(host, &mut buffer) else {
-            return Selection::None;
+        let host = match super::origin::split_host_port(host) {
+            Some((host, _)) => host,
+            None => host,
         };
-        match self.hosts.get(host).map(|owners| &**owners) {
-            Some([name]) => match self.tenants.get_key_value(&**name) {
-                Some((name, tenant)) => Selection::Tenant(name, tenant),
-                None => Selection::None,
-            },
-            Some([_, _, ..]) => Selection::Ambiguous,
-            Some([]) | None => Selection::None,
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let owners = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let mut buffer = [0u8; MAX_HOST_LEN];
+            let Some(lower) = buffer.get_mut(..host.len()) else {
+                return Selection::None;
+            };
+            lower.copy_from_slice(host.as_bytes());
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).ok().and_then(|h| self.hosts.get(h))
+        } else {
+            self.hosts.get(host)
+        };
+        match owners {
+            Some(Owners {
+                count: 1,
+                sole: Some((name, tenant)),
+            }) => Selection::Tenant(name, tenant),
+            Some(Owners { count, .. }) if *count > 1 => Selection::Ambiguous,
+            _ => Selection::None,
         }
     }
 
@@ -221,23 +286,6 @@ pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
             decision: without_policy(Reason::OutOfScope, request),
         },
     }
-}
-
-/// The host of an authority, lowercase, without port or trailing dot, in
-/// `buffer`; `None` when it cannot be a scope host.
-fn lowercase_host<'b>(authority: &str, buffer: &'b mut [u8; MAX_HOST_LEN + 1]) -> Option<&'b str> {
-    let host = match super::origin::split_host_port(authority) {
-        Some((host, _)) => host,
-        None => authority,
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
-    }
-    let lower = buffer.get_mut(..host.len())?;
-    lower.copy_from_slice(host.as_bytes());
-    lower.make_ascii_lowercase();
-    std::str::from_utf8(lower).ok()
 }
 
 #[cfg(test)]
@@ -304,6 +352,42 @@ mod tests {
         let fewer = next.with("b", None);
         assert_eq!(fewer.len(), 1);
         assert_eq!(name(fewer.select("", "acme.example.com")), "tenant acme");
+    }
+
+    proptest::proptest! {
+        /// Any sequence of one-tenant changes selects exactly what a set
+        /// built from scratch with the same tenants selects.
+        #[test]
+        fn changes_select_as_a_fresh_build(ops in proptest::collection::vec((0usize..4, proptest::option::of(proptest::collection::vec(0usize..4, 0..3))), 1..12)) {
+            let hosts = ["a.example", "b.example", "c.example", "d.example"];
+            let mut current: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+            let mut set = TenantSet::from_tenants(std::iter::empty());
+            for (tenant, listed) in ops {
+                let tenant_name = format!("t{tenant}");
+                match &listed {
+                    Some(listed) => {
+                        let mut listed = listed.clone();
+                        listed.sort_unstable();
+                        listed.dedup();
+                        let names: Vec<&str> = listed.iter().map(|&i| hosts[i]).collect();
+                        set = set.with(&tenant_name, Some(super::tests::tenant(&names)));
+                        current.insert(tenant_name, listed);
+                    }
+                    None => {
+                        set = set.with(&tenant_name, None);
+                        current.remove(&tenant_name);
+                    }
+                }
+                let fresh = TenantSet::from_tenants(current.iter().map(|(n, listed)| {
+                    let names: Vec<&str> = listed.iter().map(|&i| hosts[i]).collect();
+                    (Arc::from(n.as_str()), super::tests::tenant(&names))
+                }));
+                for host in hosts {
+                    proptest::prop_assert_eq!(name(set.select("", host)), name(fresh.select("", host)), "{}", host);
+                }
+                proptest::prop_assert_eq!(set.len(), current.len());
+            }
+        }
     }
 
     #[test]
