@@ -83,6 +83,10 @@ struct Args {
     /// A few seconds in all: to check the harness still works.
     #[arg(long)]
     smoke: bool,
+    /// Only the metrics comparison: CheckOrigin on a server counting into
+    /// Prometheus metrics against one that is not, A/B/B/A.
+    #[arg(long)]
+    metrics_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -219,8 +223,13 @@ struct Server {
 
 impl Server {
     fn start(binary: &Path, policy: &Path) -> Server {
+        Server::start_with(binary, policy, &[])
+    }
+
+    fn start_with(binary: &Path, policy: &Path, flags: &[&str]) -> Server {
         let mut child = Command::new(binary)
             .args(["serve", "--policy", policy.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -455,6 +464,39 @@ fn total_cpu(phases: &[Phase]) -> f64 {
         / phases.iter().map(|p| p.calls).sum::<u64>().max(1) as f64
 }
 
+/// CheckOrigin throughput on `server` (no metrics) against a second server
+/// on the same policy counting into Prometheus metrics (`--metrics-listen`),
+/// A/B/B/A; returns metrics-on / metrics-off.
+async fn metrics_cost(args: &Args, policy: &Path, server: &Server, channels: &[Channel], work: &Arc<Workload>) -> f64 {
+    let counted = Server::start_with(&args.corsd, policy, &["--metrics-listen", "127.0.0.1:0"]);
+    let counted_channels = connect(&counted.addr, args.connections).await;
+    println!("\nthroughput, CheckOrigin with metrics on against metrics off, two servers (A/B/B/A):");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        for with_metrics in [false, true, true, false] {
+            let (s, c) = if with_metrics {
+                (&counted, &counted_channels[..])
+            } else {
+                (server, channels)
+            };
+            let phase = throughput(s, c, Kind::CheckOrigin, args.phase_secs, args.concurrency, work).await;
+            println!(
+                "  metrics {:<4} {:>9.0} calls/s  {:>6.2} us CPU/call",
+                if with_metrics { "on" } else { "off" },
+                phase.rate(),
+                cpu_per_call(&phase)
+            );
+            if with_metrics { on.push(phase) } else { off.push(phase) }
+        }
+    }
+    let ratio = total_rate(&on) / total_rate(&off);
+    println!(
+        "  metrics on / off: throughput {ratio:.3} (goal >= 0.97), server CPU per call {:.3}",
+        total_cpu(&off) / total_cpu(&on)
+    );
+    ratio
+}
+
 /// Open loop at `rate` calls/s for `secs`: calls start on schedule whether or
 /// not earlier ones have returned. Latency is from each call's start to its
 /// answer (tokio's timer wakes to the millisecond, too coarse to measure from).
@@ -591,6 +633,11 @@ async fn main() {
         args.phase_secs
     );
 
+    let metrics_ratio = metrics_cost(&args, &path, &server, &channels, &work).await;
+    if args.metrics_only {
+        return;
+    }
+
     println!("\nthroughput, CheckOrigin against Health/Check (A/B/B/A):");
     let (health, cors) = interleaved(&server, &channels, Kind::Health, Kind::CheckOrigin, &args, &work).await;
     println!("\nthroughput, ext_authz Check against Health/Check (A/B/B/A):");
@@ -687,6 +734,7 @@ async fn main() {
     );
 
     println!("\nsummary:");
+    println!("  CheckOrigin with metrics / without  {metrics_ratio:.3}  (goal >= 0.97)");
     println!(
         "  CheckOrigin / Health throughput      {:.3}  (goal >= 0.95)",
         total_rate(&cors) / total_rate(&health)

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::core::Policy;
 use crate::memory::release_freed_memory;
 use crate::policy_file::{self, Outcome};
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, ReloadResult};
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(60);
@@ -176,6 +176,7 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
                 "policy reload rejected; the last good policy stays in force"
             );
             store.set_reload_error(tenant, error);
+            store.count_reload(ReloadResult::Unreadable);
             return;
         }
     };
@@ -208,6 +209,7 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
             let previous = version;
             let (version, entries) = (policy.version().to_owned(), policy.entries().len());
             store.swap_tenant(tenant, Some(policy));
+            store.count_reload(ReloadResult::Ok);
             drop(in_force);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
             info!(
@@ -237,6 +239,10 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
                 "policy reload rejected; the last good policy stays in force:\n{text}"
             );
             store.set_reload_error(tenant, text);
+            store.count_reload(match &rejected {
+                Outcome::Unreadable(_) => ReloadResult::Unreadable,
+                _ => ReloadResult::Invalid,
+            });
             drop(rejected);
             let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         }
@@ -343,6 +349,7 @@ async fn scan(
         seen.remove(&name);
         if store.tenant(&name).is_some() {
             store.swap_tenant(&name, None);
+            store.count_reload(ReloadResult::Removed);
             info!(tenant = %name, policy = %path.display(), "policy file removed; tenant removed");
         } else {
             store.clear_reload_error(&name);

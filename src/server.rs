@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 use crate::core::Policy;
 use crate::grpc;
 use crate::memory::release_freed_memory;
+use crate::observe::{self, metrics::Metrics};
 use crate::reload;
 use crate::store::PolicyStore;
 
@@ -38,6 +40,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Worker threads of the runtime.
     pub workers: usize,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How `corsd serve` writes its logs.
@@ -145,17 +149,49 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         workers = args.workers,
         "corsd listening"
     );
-    let mut server = tokio::spawn(grpc::serve(
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = match args.metrics_listen {
+        None => None,
+        Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
+            Ok(metrics_listener) => {
+                let metrics = match Metrics::new(Arc::clone(&store)) {
+                    Ok(metrics) => Arc::new(metrics),
+                    Err(e) => {
+                        error!("cannot set up the metrics: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let shown = metrics_listener
+                    .local_addr()
+                    .map_or_else(|_| metrics_addr.to_string(), |a| a.to_string());
+                info!(addr = %shown, "metrics listening: /metrics, /healthz, /readyz");
+                tokio::spawn(observe::http::serve(
+                    metrics_listener,
+                    Arc::clone(&metrics),
+                    Arc::clone(&ready),
+                ));
+                Some(metrics.decisions())
+            }
+            Err(e) => {
+                error!("cannot listen on {metrics_addr} for metrics: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let path = grpc::decision::DecisionPath::with_metrics(store, metrics);
+    let mut server = tokio::spawn(grpc::serve_counted(
         listener,
-        store,
+        path,
         (reporter.clone(), health_service),
         shutdown,
     ));
+    ready.store(true, Ordering::Relaxed);
     tokio::select! {
         () = wait_for_termination() => {}
         ended = &mut server => return server_ended(ended),
     }
     info!("shutting down: NOT_SERVING, finishing calls in flight");
+    ready.store(false, Ordering::Relaxed);
     grpc::set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop.send(());
     match tokio::time::timeout(DRAIN, server).await {

@@ -5,6 +5,7 @@
 //! one tenant swaps in a new set that shares every other tenant's snapshot.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,39 @@ impl AsRef<Policy> for Snapshot {
     }
 }
 
+/// How a reload ended, as `corsd_policy_reloads_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// A new policy was swapped in.
+    Ok,
+    /// The file was read but is not a valid policy.
+    Invalid,
+    /// The file could not be read.
+    Unreadable,
+    /// The file is gone and its tenant was removed.
+    Removed,
+}
+
+impl ReloadResult {
+    /// Every result, in label order.
+    pub const ALL: [ReloadResult; 4] = [
+        ReloadResult::Ok,
+        ReloadResult::Invalid,
+        ReloadResult::Unreadable,
+        ReloadResult::Removed,
+    ];
+
+    /// The metric's label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Invalid => "invalid",
+            ReloadResult::Unreadable => "unreadable",
+            ReloadResult::Removed => "removed",
+        }
+    }
+}
+
 /// The tenants in force and the state of their last reloads.
 #[derive(Debug)]
 pub struct PolicyStore {
@@ -39,6 +73,10 @@ pub struct PolicyStore {
     /// calls and written by reloaders, never on the decision path.
     reload_errors: Mutex<HashMap<String, Arc<String>>>,
     single: bool,
+    /// Reloads by [`ReloadResult`], in its `ALL` order.
+    reloads: [AtomicU64; 4],
+    /// When a policy was last swapped in (start-up counts).
+    last_swap_unix_ms: AtomicI64,
 }
 
 impl PolicyStore {
@@ -63,6 +101,8 @@ impl PolicyStore {
             writer: Mutex::new(()),
             reload_errors: Mutex::new(HashMap::new()),
             single,
+            reloads: Default::default(),
+            last_swap_unix_ms: AtomicI64::new(now_unix_ms()),
         }
     }
 
@@ -104,7 +144,27 @@ impl PolicyStore {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let next = self.tenants.load().with(name, snapshot);
         self.tenants.store(Arc::new(next));
+        self.last_swap_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         self.clear_reload_error(name);
+    }
+
+    /// Counts one reload's result.
+    pub fn count_reload(&self, result: ReloadResult) {
+        if let Some(counter) = self.reloads.get(result as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many reloads ended so.
+    pub fn reload_count(&self, result: ReloadResult) -> u64 {
+        self.reloads
+            .get(result as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// When a policy was last swapped in, in milliseconds since the Unix epoch.
+    pub fn last_swap_unix_ms(&self) -> i64 {
+        self.last_swap_unix_ms.load(Ordering::Relaxed)
     }
 
     /// Single mode: puts `policy` in force.

@@ -30,6 +30,10 @@ pub(super) struct ServeArgs {
     /// Worker threads answering calls [default: the CPUs corsd may run on].
     #[arg(long, env = "CORSD_WORKERS")]
     workers: Option<NonZeroUsize>,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain
+    /// HTTP on this address [default: off].
+    #[arg(long, env = "CORSD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// How `corsd serve` writes its logs.
@@ -66,6 +70,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
     let config = ServeConfig {
         listen: args.listen,
         workers,
+        metrics_listen: args.metrics_listen,
     };
     crate::server::main(config, policies)
 }

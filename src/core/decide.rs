@@ -173,6 +173,30 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order of the wire enum.
+    pub const ALL: [Reason; 11] = [
+        Reason::Allowed,
+        Reason::NoOrigin,
+        Reason::SameOrigin,
+        Reason::OutOfScope,
+        Reason::OriginNotAllowed,
+        Reason::OriginMalformed,
+        Reason::OriginNull,
+        Reason::MethodNotAllowed,
+        Reason::HeadersNotAllowed,
+        Reason::TenantUnknown,
+        Reason::TenantAmbiguous,
+    ];
+
+    /// The verdict every decision with this reason has.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Reason::Allowed => Verdict::Allow,
+            Reason::NoOrigin | Reason::SameOrigin | Reason::OutOfScope => Verdict::NotCors,
+            _ => Verdict::Deny,
+        }
+    }
+
     /// The reason in snake case, as `corsd check --json` prints it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -33,6 +33,11 @@ impl CorsPolicyService {
         }
     }
 
+    /// A service deciding along `path` (which may count into metrics).
+    pub fn on_path(path: DecisionPath) -> Self {
+        CorsPolicyService { path }
+    }
+
     /// Decides one `CheckOrigin` call with the policy in force.
     pub fn answer(&self, call: &CheckOriginCall) -> Result<Encoded, Status> {
         let origin = call.origin.as_deref().map(|o| text("origin", o)).transpose()?;

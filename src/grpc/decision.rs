@@ -4,8 +4,10 @@
 //! encode the answer, all while one snapshot of the store is held.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::core::{Decision, Request, TenantDecision, decide_for};
+use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
 use crate::store::PolicyStore;
 
@@ -13,12 +15,18 @@ use crate::store::PolicyStore;
 #[derive(Debug, Clone)]
 pub struct DecisionPath {
     store: Arc<PolicyStore>,
+    metrics: Option<Arc<DecisionMetrics>>,
 }
 
 impl DecisionPath {
-    /// A path deciding with `store`.
+    /// A path deciding with `store`, counting nothing.
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        DecisionPath { store }
+        DecisionPath { store, metrics: None }
+    }
+
+    /// A path deciding with `store` and counting into `metrics`.
+    pub fn with_metrics(store: Arc<PolicyStore>, metrics: Option<Arc<DecisionMetrics>>) -> Self {
+        DecisionPath { store, metrics }
     }
 
     /// The store decided with.
@@ -36,9 +44,14 @@ impl DecisionPath {
         request: &Request<'_>,
         answer: impl FnOnce(&str, &Decision<'_>) -> R,
     ) -> R {
+        let started = self.metrics.as_ref().map(|_| Instant::now());
         let tenants = self.store.tenants();
         let TenantDecision { tenant, decision } = decide_for(&tenants, named, request);
         observe::decision(api, tenant, request, &decision);
-        answer(tenant, &decision)
+        let answered = answer(tenant, &decision);
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.record(api, decision.reason, started.elapsed());
+        }
+        answered
     }
 }

@@ -34,6 +34,11 @@ impl AuthorizationService {
         }
     }
 
+    /// A service deciding along `path` (which may count into metrics).
+    pub fn on_path(path: DecisionPath) -> Self {
+        AuthorizationService { path }
+    }
+
     /// Decides one `Check` call with the policy in force.
     pub fn answer(&self, call: &AuthzCall) -> Result<Encoded, Status> {
         let Some(attributes) = call.attributes.as_ref() else {

@@ -19,6 +19,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::listen;
 use crate::store::PolicyStore;
+use decision::DecisionPath;
 
 /// Code generated from `proto/corsd/v1/corsd.proto`.
 pub mod pb {
@@ -56,16 +57,26 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// The health service and its reporter, as `tonic_health` makes them.
+pub type Health<H> = (HealthReporter, tonic_health::pb::health_server::HealthServer<H>);
+
 /// Serves every corsd service on `listener` until `shutdown` completes, then
 /// stops accepting and finishes the calls in flight. Every accepted
 /// connection gets `TCP_NODELAY` and keepalive ([`listen::incoming`]).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<PolicyStore>,
-    health: (
-        HealthReporter,
-        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    ),
+    health: Health<impl tonic_health::pb::health_server::Health>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_counted(listener, DecisionPath::new(store), health, shutdown).await
+}
+
+/// [`serve`], deciding along `path`, which may count into metrics.
+pub async fn serve_counted(
+    listener: TcpListener,
+    path: DecisionPath,
+    health: Health<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = health;
@@ -80,9 +91,9 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let cors = stubs::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::new(store.clone()))
+    let cors = stubs::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::on_path(path.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::new(store))
+    let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::on_path(path))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     Server::builder()

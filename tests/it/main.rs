@@ -18,6 +18,7 @@ mod fuzz_regressions;
 mod interop;
 mod invalid_policies;
 mod load_smoke;
+mod metrics;
 mod no_alloc;
 mod properties;
 mod reload;

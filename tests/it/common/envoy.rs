@@ -149,7 +149,7 @@ impl HttpResponse {
     }
 }
 
-async fn request_at(port: u16, head: &str) -> std::io::Result<HttpResponse> {
+pub async fn request_at(port: u16, head: &str) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.write_all(head.as_bytes()).await?;
     let mut raw = Vec::new();

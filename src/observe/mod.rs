@@ -1,6 +1,10 @@
-//! What corsd shows of its decisions: today a debug-level tracing span per
-//! decision. Fed only by the one decision path (`grpc::decision`), so every
-//! decision is observed once, whichever API asked.
+//! What corsd shows of its decisions: a debug-level tracing span per
+//! decision, and Prometheus metrics ([`metrics`], served by [`http`]). Fed
+//! only by the one decision path (`grpc::decision`), so every decision is
+//! observed once, whichever API asked.
+
+pub mod http;
+pub mod metrics;
 
 use tracing::debug_span;
 

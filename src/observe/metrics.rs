@@ -1,0 +1,160 @@
+//! Prometheus metrics (DESIGN.md section 9), through the `prometheus` crate,
+//! which writes the classic text format that Prometheus scrapes and
+//! `promtool check metrics` lints, and collects the process metrics.
+//!
+//! The decision path counts without a lock or a hash: every counter and
+//! histogram handle (atomics inside) is resolved when the server starts, one
+//! per API and reason. Gauges about the policies are set from the store at
+//! each scrape.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::Api;
+use crate::core::Reason;
+use crate::store::{PolicyStore, ReloadResult};
+
+/// Upper bounds of the duration buckets, in seconds: 1 us to 10 ms.
+const BUCKETS: [f64; 13] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+];
+
+/// The handles the decision path counts with, resolved once.
+#[derive(Debug)]
+pub struct DecisionMetrics {
+    /// By API, then in [`Reason::ALL`] order.
+    decisions: [[IntCounter; Reason::ALL.len()]; 2],
+    durations: [Histogram; 2],
+}
+
+impl DecisionMetrics {
+    /// Counts one decision and its handler time.
+    pub fn record(&self, api: Api, reason: Reason, elapsed: Duration) {
+        let api = api as usize;
+        if let Some(counter) = self
+            .decisions
+            .get(api)
+            .and_then(|by_reason| by_reason.get(reason as usize))
+        {
+            counter.inc();
+        }
+        if let Some(histogram) = self.durations.get(api) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Every metric corsd serves, and the registry that gathers them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    store: Arc<PolicyStore>,
+    decisions: Arc<DecisionMetrics>,
+    tenants: IntGauge,
+    entries: IntGauge,
+    stale: IntGauge,
+    last_reload: prometheus::Gauge,
+    reloads: [IntCounter; 4],
+}
+
+/// Why the metrics could not be set up: a name or label the registry refused.
+pub type MetricsError = prometheus::Error;
+
+impl Metrics {
+    /// Registers every metric; `store` is read at each scrape.
+    pub fn new(store: Arc<PolicyStore>) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let decisions_vec = IntCounterVec::new(
+            Opts::new("corsd_decisions_total", "Decisions made, by API, verdict and reason"),
+            &["api", "verdict", "reason"],
+        )?;
+        let durations_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "corsd_decision_duration_seconds",
+                "Time a handler took, from the request's bytes to the answer's",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["api"],
+        )?;
+        let resolve = |api: Api| {
+            Reason::ALL.map(|reason| {
+                decisions_vec.with_label_values(&[api.as_str(), reason.verdict().as_str(), reason.as_str()])
+            })
+        };
+        let decisions = Arc::new(DecisionMetrics {
+            decisions: [resolve(Api::Corsd), resolve(Api::ExtAuthz)],
+            durations: [Api::Corsd, Api::ExtAuthz].map(|api| durations_vec.with_label_values(&[api.as_str()])),
+        });
+        let reloads_vec = IntCounterVec::new(
+            Opts::new("corsd_policy_reloads_total", "Policy reloads, by result"),
+            &["result"],
+        )?;
+        let reloads = ReloadResult::ALL.map(|result| reloads_vec.with_label_values(&[result.as_str()]));
+        let tenants = IntGauge::new("corsd_tenants", "Tenants with a policy in force")?;
+        let entries = IntGauge::new("corsd_policy_entries", "Allowlist entries in force, all tenants")?;
+        let stale = IntGauge::new(
+            "corsd_tenants_stale",
+            "Tenants whose file on disk is not the policy in force",
+        )?;
+        let last_reload = prometheus::Gauge::new(
+            "corsd_policy_last_reload_timestamp_seconds",
+            "When a policy was last swapped in, as a Unix time",
+        )?;
+        let build = IntGaugeVec::new(
+            Opts::new("corsd_build_info", "The running corsd's version"),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        registry.register(Box::new(decisions_vec))?;
+        registry.register(Box::new(durations_vec))?;
+        registry.register(Box::new(reloads_vec))?;
+        registry.register(Box::new(tenants.clone()))?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(stale.clone()))?;
+        registry.register(Box::new(last_reload.clone()))?;
+        registry.register(Box::new(build))?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(Metrics {
+            registry,
+            store,
+            decisions,
+            tenants,
+            entries,
+            stale,
+            last_reload,
+            reloads,
+        })
+    }
+
+    /// The handles the decision path counts with.
+    pub fn decisions(&self) -> Arc<DecisionMetrics> {
+        Arc::clone(&self.decisions)
+    }
+
+    /// The exposition in Prometheus' text format, with the policies' gauges
+    /// read from the store now.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let tenants = self.store.tenants_full();
+        let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
+        self.tenants.set(i64::try_from(tenants.len()).unwrap_or(i64::MAX));
+        self.entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.stale
+            .set(i64::try_from(self.store.stale_count()).unwrap_or(i64::MAX));
+        self.last_reload.set(self.store.last_swap_unix_ms() as f64 / 1000.0);
+        for (counter, result) in self.reloads.iter().zip(ReloadResult::ALL) {
+            let behind = self.store.reload_count(result).saturating_sub(counter.get());
+            counter.inc_by(behind);
+        }
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// The Content-Type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;

@@ -1,0 +1,296 @@
+//! Metrics (DESIGN.md section 9) with real peers: a real Prometheus server
+//! scrapes a real corsd that decided a known set of requests, and PromQL over
+//! Prometheus' HTTP API returns exactly those counts; `promtool check
+//! metrics` accepts the exposition; `/readyz` flips to 503 at SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corsd::grpc::decision::DecisionPath;
+use corsd::grpc::pb::CheckOriginRequest;
+use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
+use corsd::observe::metrics::Metrics;
+use corsd::store::PolicyStore;
+use tokio::net::TcpListener;
+
+use crate::common;
+use crate::common::envoy::request_at;
+
+fn prometheus() -> Option<PathBuf> {
+    common::tool(
+        "CORSD_PROMETHEUS",
+        "/usr/bin/prometheus".into(),
+        "apt-get install prometheus",
+    )
+}
+
+fn promtool() -> Option<PathBuf> {
+    common::tool(
+        "CORSD_PROMTOOL",
+        "/usr/bin/promtool".into(),
+        "apt-get install prometheus",
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A corsd (gRPC and metrics listeners) in this process, on `policy`.
+struct Served {
+    grpc: std::net::SocketAddr,
+    metrics_port: u16,
+}
+
+async fn serve(policy: &str) -> Served {
+    let store = PolicyStore::for_test(policy).unwrap();
+    let metrics = Arc::new(Metrics::new(Arc::clone(&store)).unwrap());
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_port = http.local_addr().unwrap().port();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::spawn(corsd::observe::http::serve(http, Arc::clone(&metrics), ready));
+    let path = DecisionPath::with_metrics(store, Some(metrics.decisions()));
+    tokio::spawn(corsd::grpc::serve_counted(
+        grpc,
+        path,
+        tonic_health::server::health_reporter(),
+        std::future::pending(),
+    ));
+    Served {
+        grpc: grpc_addr,
+        metrics_port,
+    }
+}
+
+async fn get(port: u16, path: &str) -> common::envoy::HttpResponse {
+    // HTTP/1.0: a plain body, never chunked.
+    request_at(port, &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+        .await
+        .unwrap()
+}
+
+const POLICY: &str = "[[entries]]\norigin = \"https://app.example.com\"\n";
+
+async fn decide_known_set(grpc: std::net::SocketAddr) -> [(&'static str, u64); 3] {
+    let mut client = CorsPolicyClient::connect(format!("http://{grpc}")).await.unwrap();
+    let call = |origin: Option<&str>| CheckOriginRequest {
+        origin: origin.map(str::to_owned),
+        method: "GET".into(),
+        ..Default::default()
+    };
+    let known = [("allowed", 7), ("origin_not_allowed", 5), ("no_origin", 3)];
+    for (reason, n) in known {
+        let origin = match reason {
+            "allowed" => Some("https://app.example.com"),
+            "origin_not_allowed" => Some("https://evil.example"),
+            _ => None,
+        };
+        for _ in 0..n {
+            client.check_origin(call(origin)).await.unwrap();
+        }
+    }
+    known
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_exactly_the_decisions_made() {
+    let Some(prometheus) = prometheus() else { return };
+    let served = serve(POLICY).await;
+    let known = decide_known_set(served.grpc).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             scrape_configs:\n\
+             - job_name: corsd\n  static_configs: [{{ targets: ['127.0.0.1:{}'] }}]\n",
+            served.metrics_port
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let mut child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let query = |q: &str| {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("/api/v1/query?query={encoded}")
+    };
+    let started = Instant::now();
+    let mut pending: Vec<(&str, u64)> = known.to_vec();
+    while !pending.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Prometheus did not report {pending:?}: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut still = Vec::new();
+        for (reason, want) in pending {
+            let q = format!("sum(corsd_decisions_total{{api=\"corsd\",reason=\"{reason}\"}})");
+            let got = match request_at(web, &format!("GET {} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", query(&q))).await {
+                Ok(r) if r.status == 200 => serde_json::from_str::<serde_json::Value>(&r.body).ok(),
+                _ => None,
+            };
+            let value = got
+                .as_ref()
+                .and_then(|v| v["data"]["result"][0]["value"][1].as_str())
+                .and_then(|v| v.parse::<u64>().ok());
+            match value {
+                Some(v) if v == want => {}
+                Some(v) => {
+                    assert!(v < want, "{reason}: Prometheus says {v}, only {want} were decided");
+                    still.push((reason, want));
+                }
+                None => still.push((reason, want)),
+            }
+        }
+        pending = still;
+    }
+    // Every other reason was never decided.
+    let q = "sum(corsd_decisions_total{api=\"corsd\",reason!~\"allowed|origin_not_allowed|no_origin\"}) + sum(corsd_decisions_total{api=\"ext_authz\"})";
+    let r = get(web, &query(q)).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "0", "{}", r.body);
+    let q = "corsd_decision_duration_seconds_count{api=\"corsd\"}";
+    let r = get(web, &query(q)).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "15", "{}", r.body);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    let Some(promtool) = promtool() else { return };
+    let served = serve(POLICY).await;
+    decide_known_set(served.grpc).await;
+    let r = get(served.metrics_port, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.one("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4"))
+    );
+    for name in [
+        "corsd_decisions_total{api=\"corsd\",reason=\"allowed\",verdict=\"allow\"} 7",
+        "corsd_decision_duration_seconds_bucket",
+        "corsd_policy_reloads_total{result=\"ok\"} 0",
+        "corsd_tenants 1",
+        "corsd_policy_entries 1",
+        "corsd_tenants_stale 0",
+        "corsd_policy_last_reload_timestamp_seconds",
+        "corsd_build_info{version=\"",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(r.body.contains(name), "no {name} in:\n{}", r.body);
+    }
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(r.body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(served.metrics_port, "/healthz").await.status, 200);
+    assert_eq!(get(served.metrics_port, "/readyz").await.status, 200);
+    assert_eq!(get(served.metrics_port, "/nothing").await.status, 404);
+}
+
+/// `corsd serve --metrics-listen`: `/readyz` answers 200 while serving and
+/// 503 from the moment SIGTERM arrives (during the drain), `/healthz` 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_at_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.toml", POLICY);
+    let (port, grpc) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy, "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = request_at(port, "GET /readyz HTTP/1.0\r\n\r\n").await
+            && r.status == 200
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Keep a health watch open, so shutdown waits on a call in flight and
+    // the metrics listener is still there to ask.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let mut saw_503 = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        match request_at(port, "GET /readyz HTTP/1.0\r\n\r\n").await {
+            Ok(r) if r.status == 503 => {
+                saw_503 = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => break,
+        }
+    }
+    assert!(saw_503, "/readyz never said 503 after SIGTERM");
+    assert_eq!(
+        request_at(port, "GET /healthz HTTP/1.0\r\n\r\n").await.unwrap().status,
+        200
+    );
+    drop(watch);
+    drop(health);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
