@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Log denied decisions, at most this many lines a second; off when `None`.
+    pub log_denials: Option<u64>,
 }
 
 /// How `corsd serve` writes its logs.
@@ -178,7 +180,12 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
             }
         },
     };
-    let path = grpc::decision::DecisionPath::with_metrics(store, metrics);
+    let denials = args.log_denials.map(observe::denials::DenialLog::new);
+    if let Some(log) = &denials {
+        tokio::spawn(Arc::clone(log).report_dropped());
+    }
+    let denials_at_exit = denials.clone();
+    let path = grpc::decision::DecisionPath::with_metrics(store, metrics).logging_denials(denials);
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,
         path,
@@ -194,7 +201,12 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     ready.store(false, Ordering::Relaxed);
     grpc::set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop.send(());
-    match tokio::time::timeout(DRAIN, server).await {
+    let flush_denials = move || {
+        if let Some(log) = &denials_at_exit {
+            log.flush_dropped();
+        }
+    };
+    let code = match tokio::time::timeout(DRAIN, server).await {
         Ok(ended) => server_ended(ended),
         Err(_) => {
             warn!(
@@ -203,7 +215,10 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-    }
+    };
+    // Every denial is either a line or counted as dropped, to the end.
+    flush_denials();
+    code
 }
 
 /// How long calls in flight may take to finish once shutdown begins.

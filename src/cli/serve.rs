@@ -34,6 +34,12 @@ pub(super) struct ServeArgs {
     /// HTTP on this address [default: off].
     #[arg(long, env = "CORSD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Write one JSON line per denied decision to stderr (target corsd::denial).
+    #[arg(long, env = "CORSD_LOG_DENIALS")]
+    log_denials: bool,
+    /// Most denial lines a second; the rest are counted in a line each second.
+    #[arg(long, env = "CORSD_LOG_DENIALS_RATE", default_value_t = crate::observe::denials::DEFAULT_RATE)]
+    log_denials_rate: u64,
 }
 
 /// How `corsd serve` writes its logs.
@@ -71,6 +77,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         workers,
         metrics_listen: args.metrics_listen,
+        log_denials: args.log_denials.then_some(args.log_denials_rate),
     };
     crate::server::main(config, policies)
 }

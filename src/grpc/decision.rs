@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::core::Verdict;
 use crate::core::{Decision, Request, TenantDecision, decide_for};
+use crate::observe::denials::DenialLog;
 use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
 use crate::store::PolicyStore;
@@ -16,17 +18,32 @@ use crate::store::PolicyStore;
 pub struct DecisionPath {
     store: Arc<PolicyStore>,
     metrics: Option<Arc<DecisionMetrics>>,
+    denials: Option<Arc<DenialLog>>,
 }
 
 impl DecisionPath {
     /// A path deciding with `store`, counting nothing.
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        DecisionPath { store, metrics: None }
+        DecisionPath {
+            store,
+            metrics: None,
+            denials: None,
+        }
     }
 
     /// A path deciding with `store` and counting into `metrics`.
     pub fn with_metrics(store: Arc<PolicyStore>, metrics: Option<Arc<DecisionMetrics>>) -> Self {
-        DecisionPath { store, metrics }
+        DecisionPath {
+            store,
+            metrics,
+            denials: None,
+        }
+    }
+
+    /// The same path, writing every denial to `log`.
+    pub fn logging_denials(mut self, log: Option<Arc<DenialLog>>) -> Self {
+        self.denials = log;
+        self
     }
 
     /// The store decided with.
@@ -51,6 +68,11 @@ impl DecisionPath {
         let answered = answer(tenant, &decision);
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.record(api, decision.reason, started.elapsed());
+        }
+        if let Some(log) = &self.denials
+            && decision.verdict == Verdict::Deny
+        {
+            log.deny(api, tenant, request, &decision);
         }
         answered
     }

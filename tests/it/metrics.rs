@@ -294,3 +294,90 @@ async fn readyz_flips_at_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A flood of denials with hostile Origins through `corsd serve
+/// --log-denials`: at most the rate of lines in any second, each valid JSON
+/// that parses back to the Origin sent, and logged plus dropped equals the
+/// denials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_denial_log_is_bounded_and_unforgeable() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.toml", POLICY);
+    let grpc = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy, "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--log-denials", "--log-denials-rate", "20", "--log-format", "text"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut client = CorsPolicyClient::new(channel);
+    let hostile = [
+        "https://evil.example\n{\"target\":\"corsd::denial\",\"reason\":\"allowed\"}",
+        "https://\"quoted\".example",
+        "https://evil.example\\",
+        "https://\u{202e}evil.example",
+        "https://evil.example\r\nX-Injected: 1",
+        "null",
+    ];
+    let denials = 600;
+    for n in 0..denials {
+        let origin = hostile[n % hostile.len()];
+        let answer = client
+            .check_origin(CheckOriginRequest {
+                origin: Some(origin.to_owned()),
+                method: "GET".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.verdict, corsd::grpc::pb::Verdict::Deny as i32);
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines = reader.join().unwrap();
+    let (mut logged, mut dropped) = (0u64, 0u64);
+    let mut per_second: std::collections::HashMap<String, u64> = Default::default();
+    for line in lines.iter().filter(|l| l.contains("corsd::denial")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert_eq!(v["target"], "corsd::denial");
+        if let Some(n) = v["dropped"].as_u64() {
+            dropped += n;
+            continue;
+        }
+        logged += 1;
+        let origin = v["origin"].as_str().unwrap();
+        assert!(
+            hostile.contains(&origin),
+            "the Origin parses back to itself: {origin:?}"
+        );
+        assert!(
+            matches!(v["reason"].as_str(), Some("origin_malformed" | "origin_null")),
+            "{line}"
+        );
+        let second = v["time"].as_str().unwrap()[..19].to_owned();
+        *per_second.entry(second).or_default() += 1;
+    }
+    assert_eq!(logged + dropped, denials as u64, "logged {logged} + dropped {dropped}");
+    assert!(logged >= 20, "logged {logged}");
+    // The limiter's second starts with corsd, not on the clock's: a clock
+    // second may hold the end of one window and the start of the next.
+    assert!(per_second.values().all(|&n| n <= 40), "{per_second:?}");
+}
