@@ -67,9 +67,7 @@ impl AuthorizationService {
             authority: text("host", &http.host)?,
             path: text("path", &http.path)?,
         };
-        Ok(self.path.decide(Api::ExtAuthz, tenant, &request, |_, decision| {
-            encode_check_response(decision)
-        }))
+        Ok(self.path.decide(Api::ExtAuthz, tenant, &request, encode_check_response))
     }
 }
 
@@ -133,8 +131,20 @@ impl Authorization for AuthorizationService {
 
 /// A decision as Envoy's `CheckResponse`: the readable mapping, which
 /// [`encode_check_response`] writes without building.
-pub fn to_check_response(decision: &Decision<'_>) -> CheckResponse {
+pub fn to_check_response(tenant: &str, decision: &Decision<'_>) -> CheckResponse {
     let mut response = CheckResponse::new();
+    let string = |s: &str| envoy_types::pb::google::protobuf::Value {
+        kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            s.to_owned(),
+        )),
+    };
+    response.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
+        fields: Metadata::of(tenant, decision)
+            .fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
+    });
     if decision.answer == Answer::Forward {
         let mut ok = OkHttpResponseBuilder::new();
         for h in &decision.response_headers {
@@ -202,6 +212,59 @@ mod field {
     pub const OPTION_APPEND_ACTION: u32 = 3;
     pub const HEADER_KEY: u32 = 1;
     pub const HEADER_VALUE: u32 = 2;
+    pub const DYNAMIC_METADATA: u32 = 4;
+    pub const STRUCT_FIELDS: u32 = 1;
+    pub const ENTRY_KEY: u32 = 1;
+    pub const ENTRY_VALUE: u32 = 2;
+    pub const VALUE_STRING: u32 = 3;
+}
+
+/// `dynamic_metadata`: a `google.protobuf.Struct` of four strings, which
+/// Envoy's access log reads as
+/// `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:corsd_reason)%`.
+struct Metadata<'a> {
+    /// In key order, as prost writes a `BTreeMap`.
+    fields: [(&'static str, &'a str); 4],
+}
+
+impl<'a> Metadata<'a> {
+    fn of(tenant: &'a str, decision: &'a Decision<'a>) -> Self {
+        Metadata {
+            fields: [
+                ("corsd_matched", decision.matched_pattern()),
+                ("corsd_policy_version", decision.policy_version),
+                ("corsd_reason", decision.reason.as_str()),
+                ("corsd_tenant", tenant),
+            ],
+        }
+    }
+
+    /// A `Value` holding a string: the string is written even when empty
+    /// (it is a oneof member).
+    fn value_len(value: &str) -> usize {
+        sub_len(field::VALUE_STRING, value.len())
+    }
+
+    fn entry_len(key: &str, value: &str) -> usize {
+        str_len(field::ENTRY_KEY, key) + sub_len(field::ENTRY_VALUE, Self::value_len(value))
+    }
+
+    fn len(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(k, v)| sub_len(field::STRUCT_FIELDS, Self::entry_len(k, v)))
+            .sum()
+    }
+
+    fn put(&self, out: &mut Writer) {
+        for (key, value) in self.fields {
+            out.put_sub(field::STRUCT_FIELDS, Self::entry_len(key, value));
+            out.put_str(field::ENTRY_KEY, key);
+            out.put_sub(field::ENTRY_VALUE, Self::value_len(value));
+            out.put_sub(field::VALUE_STRING, value.len());
+            out.put_raw(value);
+        }
+    }
 }
 
 /// One `HeaderValueOption` to write.
@@ -232,7 +295,7 @@ impl HeaderOption<'_> {
 
 /// Writes a decision as Envoy's `CheckResponse`: the bytes prost writes for
 /// [`to_check_response`], without building it.
-pub fn encode_check_response(decision: &Decision<'_>) -> Encoded {
+pub fn encode_check_response(tenant: &str, decision: &Decision<'_>) -> Encoded {
     use field::*;
     let direct = decision.answer != Answer::Forward;
     let forbidden = decision.answer == Answer::Deny;
@@ -286,7 +349,10 @@ pub fn encode_check_response(decision: &Decision<'_>) -> Encoded {
         response_len += sub_len(DENIED_HTTP_STATUS, http_status_len) + strs_len(DENIED_BODY, &body);
     }
 
-    let mut out = Writer::with_len(sub_len(STATUS, status_len) + sub_len(response, response_len));
+    let metadata = Metadata::of(tenant, decision);
+    let mut out = Writer::with_len(
+        sub_len(STATUS, status_len) + sub_len(response, response_len) + sub_len(DYNAMIC_METADATA, metadata.len()),
+    );
     out.put_sub(STATUS, status_len);
     out.put_varint(STATUS_CODE, code as u64);
     out.put_str(STATUS_MESSAGE, message);
@@ -299,5 +365,7 @@ pub fn encode_check_response(decision: &Decision<'_>) -> Encoded {
         option.put(headers, &mut out);
     }
     out.put_strs(DENIED_BODY, &body);
+    out.put_sub(DYNAMIC_METADATA, metadata.len());
+    metadata.put(&mut out);
     out.finish()
 }

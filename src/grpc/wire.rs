@@ -350,6 +350,11 @@ impl Writer {
         }
     }
 
+    /// Bytes whose key and length were written with [`Writer::put_sub`].
+    pub fn put_raw(&mut self, value: &str) {
+        self.out.put_slice(value.as_bytes());
+    }
+
     /// A varint field: an enum, a `uint32`, a non-negative `int32` or a `bool`.
     pub fn put_varint(&mut self, tag: u32, value: u64) {
         if value != 0 {

@@ -381,3 +381,48 @@ async fn the_denial_log_is_bounded_and_unforgeable() {
     // second may hold the end of one window and the start of the next.
     assert!(per_second.values().all(|&n| n <= 40), "{per_second:?}");
 }
+
+/// The shipped Envoy config prints corsd's `dynamic_metadata` in its access
+/// log: the reason, matched entry and policy version of an allowed and of a
+/// denied request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_access_log_carries_corsd_reason() {
+    use crate::common::envoy::{Envoy, envoy_binary, start_upstream};
+    let Some(binary) = envoy_binary() else { return };
+    let store = PolicyStore::for_test(POLICY).unwrap();
+    let version = store.load_full().unwrap().policy.version().to_owned();
+    let corsd = common::serve::TestServer::start(store).await;
+    let upstream = start_upstream().await;
+    let envoy = Envoy::start(&binary, corsd.addr, upstream).await;
+    let get = |origin: &str| {
+        format!("GET /x HTTP/1.1\r\nHost: api.example.com\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n")
+    };
+    assert_eq!(envoy.send(&get("https://app.example.com")).await.status, 200);
+    assert_eq!(envoy.send(&get("https://evil.example")).await.status, 403);
+    let started = Instant::now();
+    let log = loop {
+        let log = envoy.access_log();
+        if log.lines().count() >= 2 {
+            break log;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "access log: {log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines[0].contains(" 200 "), "{}", lines[0]);
+    assert!(lines[0].contains("corsd_reason=allowed"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("corsd_matched=\"https://app.example.com\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("corsd_policy_version={version}")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains(" 403 "), "{}", lines[1]);
+    assert!(lines[1].contains("corsd_reason=origin_not_allowed"), "{}", lines[1]);
+    drop(envoy);
+    corsd.stop().await;
+}

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,6 +56,7 @@ impl Envoy {
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let access = std::fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new(binary)
             .args([
                 "-c",
@@ -66,7 +67,7 @@ impl Envoy {
                 "1",
             ])
             .args(["--base-id", &port.to_string()])
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -78,6 +79,11 @@ impl Envoy {
         };
         envoy.wait_ready().await;
         envoy
+    }
+
+    /// What Envoy's stdout access log holds so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default()
     }
 
     async fn wait_ready(&mut self) {
