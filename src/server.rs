@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Label decisions with their tenant.
+    pub metrics_per_tenant: bool,
     /// Log denied decisions, at most this many lines a second; off when `None`.
     pub log_denials: Option<u64>,
 }
@@ -156,7 +158,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         None => None,
         Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
             Ok(metrics_listener) => {
-                let metrics = match Metrics::new(Arc::clone(&store)) {
+                let metrics = match Metrics::new(Arc::clone(&store), args.metrics_per_tenant) {
                     Ok(metrics) => Arc::new(metrics),
                     Err(e) => {
                         error!("cannot set up the metrics: {e}");

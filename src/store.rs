@@ -22,6 +22,33 @@ pub struct Snapshot {
     pub policy: Policy,
     /// When it was swapped in, in milliseconds since the Unix epoch.
     pub loaded_at_unix_ms: i64,
+    /// The tenant's decision counts (`--metrics-per-tenant`), carried from
+    /// each version of its policy to the next.
+    pub counts: Arc<DecisionCounts>,
+}
+
+/// Decisions counted by API (`corsd`, `ext_authz`) and by reason (in
+/// `Reason::ALL` order): plain atomics, bumped on the decision path.
+#[derive(Debug, Default)]
+pub struct DecisionCounts {
+    counts: [[AtomicU64; 11]; 2],
+}
+
+impl DecisionCounts {
+    /// Counts one decision.
+    pub fn count(&self, api: usize, reason: usize) {
+        if let Some(count) = self.counts.get(api).and_then(|by_reason| by_reason.get(reason)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many decisions were counted so.
+    pub fn get(&self, api: usize, reason: usize) -> u64 {
+        self.counts
+            .get(api)
+            .and_then(|by_reason| by_reason.get(reason))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl AsRef<Policy> for Snapshot {
@@ -140,8 +167,15 @@ impl PolicyStore {
     /// Puts `policy` in force for `name` (`None`: removes the tenant) and
     /// clears its reload error. The other tenants keep their snapshots.
     pub fn swap_tenant(&self, name: &str, policy: Option<Policy>) {
-        let snapshot = policy.map(|p| Arc::new(snapshot(name, p)));
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = self.tenants.load().get(name).map(|s| Arc::clone(&s.counts));
+        let snapshot = policy.map(|p| {
+            let mut snapshot = snapshot(name, p);
+            if let Some(counts) = counts {
+                snapshot.counts = counts;
+            }
+            Arc::new(snapshot)
+        });
         let next = self.tenants.load().with(name, snapshot);
         self.tenants.store(Arc::new(next));
         self.last_swap_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
@@ -202,6 +236,7 @@ fn snapshot(name: &str, policy: Policy) -> Snapshot {
         tenant: Arc::from(name),
         policy,
         loaded_at_unix_ms: now_unix_ms(),
+        counts: Arc::default(),
     }
 }
 

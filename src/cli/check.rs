@@ -83,7 +83,7 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
         path: &args.path,
     };
     let tenants = store.tenants();
-    let TenantDecision { tenant, decision } = decide_for(&tenants, &args.tenant, &request);
+    let TenantDecision { tenant, decision, .. } = decide_for(&tenants, &args.tenant, &request);
     let printed = if args.json {
         print_json(tenant, &decision)
     } else {

@@ -34,6 +34,9 @@ pub(super) struct ServeArgs {
     /// HTTP on this address [default: off].
     #[arg(long, env = "CORSD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Label decisions with their tenant (one series per tenant, API and reason).
+    #[arg(long, env = "CORSD_METRICS_PER_TENANT")]
+    metrics_per_tenant: bool,
     /// Write one JSON line per denied decision to stderr (target corsd::denial).
     #[arg(long, env = "CORSD_LOG_DENIALS")]
     log_denials: bool,
@@ -77,6 +80,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         workers,
         metrics_listen: args.metrics_listen,
+        metrics_per_tenant: args.metrics_per_tenant,
         log_denials: args.log_denials.then_some(args.log_denials_rate),
     };
     crate::server::main(config, policies)

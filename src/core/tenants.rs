@@ -253,12 +253,14 @@ impl<T: AsRef<Policy>> TenantSet<T> {
 
 /// A decision and the tenant it was made for.
 #[derive(Debug, Clone)]
-pub struct TenantDecision<'a> {
+pub struct TenantDecision<'a, T> {
     /// The tenant that decided; the name given when it is unknown; empty
     /// when none was selected (and in single mode).
     pub tenant: &'a str,
     /// The decision.
     pub decision: Decision<'a>,
+    /// What the caller keeps for the tenant that decided, if one did.
+    pub selected: Option<&'a T>,
 }
 
 /// Selects the tenant for `request` (named `named` by the gateway, or by the
@@ -267,24 +269,21 @@ pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
     tenants: &'a TenantSet<T>,
     named: &'a str,
     request: &Request<'a, H>,
-) -> TenantDecision<'a> {
+) -> TenantDecision<'a, T> {
+    let unselected = |tenant, reason| TenantDecision {
+        tenant,
+        decision: without_policy(reason, request),
+        selected: None,
+    };
     match tenants.select(named, request.authority) {
-        Selection::Tenant(tenant, policy) => TenantDecision {
+        Selection::Tenant(tenant, selected) => TenantDecision {
             tenant,
-            decision: decide(policy.as_ref(), request),
+            decision: decide(selected.as_ref(), request),
+            selected: Some(selected),
         },
-        Selection::Unknown => TenantDecision {
-            tenant: named,
-            decision: without_policy(Reason::TenantUnknown, request),
-        },
-        Selection::Ambiguous => TenantDecision {
-            tenant: "",
-            decision: without_policy(Reason::TenantAmbiguous, request),
-        },
-        Selection::None => TenantDecision {
-            tenant: "",
-            decision: without_policy(Reason::OutOfScope, request),
-        },
+        Selection::Unknown => unselected(named, Reason::TenantUnknown),
+        Selection::Ambiguous => unselected("", Reason::TenantAmbiguous),
+        Selection::None => unselected("", Reason::OutOfScope),
     }
 }
 

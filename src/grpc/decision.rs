@@ -63,11 +63,15 @@ impl DecisionPath {
     ) -> R {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let tenants = self.store.tenants();
-        let TenantDecision { tenant, decision } = decide_for(&tenants, named, request);
+        let TenantDecision {
+            tenant,
+            decision,
+            selected,
+        } = decide_for(&tenants, named, request);
         observe::decision(api, tenant, request, &decision);
         let answered = answer(tenant, &decision);
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
-            metrics.record(api, decision.reason, started.elapsed());
+            metrics.record(api, decision.reason, selected.map(|s| &*s.counts), started.elapsed());
         }
         if let Some(log) = &self.denials
             && decision.verdict == Verdict::Deny

@@ -16,7 +16,7 @@ use prometheus::{
 
 use super::Api;
 use crate::core::Reason;
-use crate::store::{PolicyStore, ReloadResult};
+use crate::store::{DecisionCounts, PolicyStore, ReloadResult};
 
 /// Upper bounds of the duration buckets, in seconds: 1 us to 10 ms.
 const BUCKETS: [f64; 13] = [
@@ -26,21 +26,26 @@ const BUCKETS: [f64; 13] = [
 /// The handles the decision path counts with, resolved once.
 #[derive(Debug)]
 pub struct DecisionMetrics {
-    /// By API, then in [`Reason::ALL`] order.
-    decisions: [[IntCounter; Reason::ALL.len()]; 2],
+    /// By API, then in [`Reason::ALL`] order; `None` with a tenant label,
+    /// when each tenant's snapshot counts its own.
+    decisions: Option<[[IntCounter; Reason::ALL.len()]; 2]>,
+    /// With a tenant label: decisions no tenant's policy made.
+    unselected: DecisionCounts,
     durations: [Histogram; 2],
 }
 
 impl DecisionMetrics {
-    /// Counts one decision and its handler time.
-    pub fn record(&self, api: Api, reason: Reason, elapsed: Duration) {
+    /// Counts one decision and its handler time; `counts` are the deciding
+    /// tenant's own (used with `--metrics-per-tenant`).
+    pub fn record(&self, api: Api, reason: Reason, counts: Option<&DecisionCounts>, elapsed: Duration) {
         let api = api as usize;
-        if let Some(counter) = self
-            .decisions
-            .get(api)
-            .and_then(|by_reason| by_reason.get(reason as usize))
-        {
-            counter.inc();
+        match &self.decisions {
+            Some(decisions) => {
+                if let Some(counter) = decisions.get(api).and_then(|by_reason| by_reason.get(reason as usize)) {
+                    counter.inc();
+                }
+            }
+            None => counts.unwrap_or(&self.unselected).count(api, reason as usize),
         }
         if let Some(histogram) = self.durations.get(api) {
             histogram.observe(elapsed.as_secs_f64());
@@ -59,18 +64,28 @@ pub struct Metrics {
     stale: IntGauge,
     last_reload: prometheus::Gauge,
     reloads: [IntCounter; 4],
+    /// With `--metrics-per-tenant`: the family the tenants' counts are copied into.
+    per_tenant: Option<IntCounterVec>,
 }
 
 /// Why the metrics could not be set up: a name or label the registry refused.
 pub type MetricsError = prometheus::Error;
 
 impl Metrics {
-    /// Registers every metric; `store` is read at each scrape.
-    pub fn new(store: Arc<PolicyStore>) -> Result<Self, MetricsError> {
+    /// Registers every metric; `store` is read at each scrape. With
+    /// `per_tenant`, decisions carry a `tenant` label (`""` when no tenant's
+    /// policy decided); mind the cardinality: one series per tenant, API and
+    /// reason that occurred.
+    pub fn new(store: Arc<PolicyStore>, per_tenant: bool) -> Result<Self, MetricsError> {
         let registry = Registry::new();
+        let labels: &[&str] = if per_tenant {
+            &["api", "verdict", "reason", "tenant"]
+        } else {
+            &["api", "verdict", "reason"]
+        };
         let decisions_vec = IntCounterVec::new(
             Opts::new("corsd_decisions_total", "Decisions made, by API, verdict and reason"),
-            &["api", "verdict", "reason"],
+            labels,
         )?;
         let durations_vec = HistogramVec::new(
             HistogramOpts::new(
@@ -86,7 +101,8 @@ impl Metrics {
             })
         };
         let decisions = Arc::new(DecisionMetrics {
-            decisions: [resolve(Api::Corsd), resolve(Api::ExtAuthz)],
+            decisions: (!per_tenant).then(|| [resolve(Api::Corsd), resolve(Api::ExtAuthz)]),
+            unselected: DecisionCounts::default(),
             durations: [Api::Corsd, Api::ExtAuthz].map(|api| durations_vec.with_label_values(&[api.as_str()])),
         });
         let reloads_vec = IntCounterVec::new(
@@ -110,6 +126,7 @@ impl Metrics {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        let per_tenant = per_tenant.then(|| decisions_vec.clone());
         registry.register(Box::new(decisions_vec))?;
         registry.register(Box::new(durations_vec))?;
         registry.register(Box::new(reloads_vec))?;
@@ -128,6 +145,7 @@ impl Metrics {
             stale,
             last_reload,
             reloads,
+            per_tenant,
         })
     }
 
@@ -146,6 +164,25 @@ impl Metrics {
         self.stale
             .set(i64::try_from(self.store.stale_count()).unwrap_or(i64::MAX));
         self.last_reload.set(self.store.last_swap_unix_ms() as f64 / 1000.0);
+        if let Some(family) = &self.per_tenant {
+            let copy = |tenant: &str, counts: &DecisionCounts| {
+                for (api_index, api) in [Api::Corsd, Api::ExtAuthz].into_iter().enumerate() {
+                    for (reason_index, reason) in Reason::ALL.into_iter().enumerate() {
+                        let n = counts.get(api_index, reason_index);
+                        if n == 0 {
+                            continue;
+                        }
+                        let labels = [api.as_str(), reason.verdict().as_str(), reason.as_str(), tenant];
+                        let counter = family.with_label_values(&labels);
+                        counter.inc_by(n.saturating_sub(counter.get()));
+                    }
+                }
+            };
+            for (name, snapshot) in tenants.sorted() {
+                copy(name, &snapshot.counts);
+            }
+            copy("", &self.decisions.unselected);
+        }
         for (counter, result) in self.reloads.iter().zip(ReloadResult::ALL) {
             let behind = self.store.reload_count(result).saturating_sub(counter.get());
             counter.inc_by(behind);

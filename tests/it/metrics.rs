@@ -49,8 +49,11 @@ struct Served {
 }
 
 async fn serve(policy: &str) -> Served {
-    let store = PolicyStore::for_test(policy).unwrap();
-    let metrics = Arc::new(Metrics::new(Arc::clone(&store)).unwrap());
+    serve_store(PolicyStore::for_test(policy).unwrap(), false).await
+}
+
+async fn serve_store(store: Arc<PolicyStore>, per_tenant: bool) -> Served {
+    let metrics = Arc::new(Metrics::new(Arc::clone(&store), per_tenant).unwrap());
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -425,4 +428,52 @@ async fn envoy_access_log_carries_corsd_reason() {
     assert!(lines[1].contains("corsd_reason=origin_not_allowed"), "{}", lines[1]);
     drop(envoy);
     corsd.stop().await;
+}
+
+/// `--metrics-per-tenant`: decisions carry the deciding tenant (`""` when no
+/// tenant's policy decided), and a tenant's count survives its policy's swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tenant_metrics_label_the_deciding_tenant() {
+    let policy = |origin: &str| {
+        corsd::core::Policy::compile(
+            "t",
+            format!("[scope]\nhosts = [\"api.example.com\"]\n[[entries]]\norigin = \"{origin}\"\n").as_bytes(),
+        )
+        .unwrap()
+        .policy
+    };
+    let store = PolicyStore::with_tenants([
+        ("acme".to_owned(), policy("https://acme.example")),
+        ("globex".to_owned(), policy("https://globex.example")),
+    ]);
+    let served = serve_store(Arc::clone(&store), true).await;
+    let mut client = CorsPolicyClient::connect(format!("http://{}", served.grpc))
+        .await
+        .unwrap();
+    let call = |tenant: &str, origin: &str| CheckOriginRequest {
+        origin: Some(origin.to_owned()),
+        method: "GET".into(),
+        authority: "api.example.com".into(),
+        tenant: tenant.to_owned(),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        client.check_origin(call("acme", "https://acme.example")).await.unwrap();
+    }
+    store.swap_tenant("acme", Some(policy("https://acme.example")));
+    client.check_origin(call("acme", "https://acme.example")).await.unwrap();
+    client
+        .check_origin(call("globex", "https://acme.example"))
+        .await
+        .unwrap();
+    client.check_origin(call("", "https://acme.example")).await.unwrap();
+    let body = get(served.metrics_port, "/metrics").await.body;
+    for line in [
+        "corsd_decisions_total{api=\"corsd\",reason=\"allowed\",tenant=\"acme\",verdict=\"allow\"} 4",
+        "corsd_decisions_total{api=\"corsd\",reason=\"origin_not_allowed\",tenant=\"globex\",verdict=\"deny\"} 1",
+        "corsd_decisions_total{api=\"corsd\",reason=\"tenant_ambiguous\",tenant=\"\",verdict=\"deny\"} 1",
+    ] {
+        assert!(body.contains(line), "no {line} in:\n{body}");
+    }
+    assert!(body.contains("corsd_tenants 2"), "{body}");
 }

@@ -77,7 +77,7 @@ fn selection_table_through_the_core() {
             authority: &case.authority,
             path: "",
         };
-        let TenantDecision { tenant, decision } = decide_for(&tenants, &case.tenant, &request);
+        let TenantDecision { tenant, decision, .. } = decide_for(&tenants, &case.tenant, &request);
         assert_eq!(decision.verdict.as_str(), case.verdict, "{}", case.name);
         assert_eq!(decision.reason.as_str(), case.reason, "{}", case.name);
         assert_eq!(tenant, case.decided_by, "{}", case.name);
