@@ -130,7 +130,7 @@ async fn debounce(events: &mut mpsc::Receiver<Trigger>) {
 }
 
 /// What identifies a version of the file without reading it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint(Option<(u64, Option<SystemTime>, u64)>);
 
 fn fingerprint(path: &Path) -> Fingerprint {
@@ -198,6 +198,7 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
         let error = format!("{shown}: compiling the policy failed");
         warn!(policy = %shown, tenant, error = %error, "policy reload rejected");
         store.set_reload_error(tenant, error);
+        store.count_reload(ReloadResult::Invalid);
         return;
     };
     match outcome {
@@ -270,71 +271,131 @@ pub fn spawn_dir(
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let seen = known.into_iter().map(|(name, path)| {
-        let print = fingerprint(&path);
-        (name, print)
-    });
-    let task = tokio::spawn(run_dir(dir, store, seen.collect(), events, watcher));
+    // Not fingerprinted here: a file edited between start-up's load and now
+    // would look unchanged. The first scan reads every file instead.
+    let seen = known.into_iter().map(|(name, _)| (name, None)).collect();
+    // Start-up already warned of these.
+    let warned = crate::policy_file::tenant_files(&dir)
+        .map(|files| files.misnamed.into_iter().collect())
+        .unwrap_or_default();
+    let task = tokio::spawn(run_dir(dir, store, seen, warned, events, watcher));
     Ok((ReloadHandle { triggers }, task))
 }
 
 async fn run_dir(
     dir: PathBuf,
     store: Arc<PolicyStore>,
-    mut seen: HashMap<String, Fingerprint>,
+    mut seen: HashMap<String, Option<Fingerprint>>,
+    mut warned: HashSet<String>,
     mut events: mpsc::Receiver<Trigger>,
     _watcher: notify::RecommendedWatcher,
 ) {
-    let mut warned: HashSet<String> = HashSet::new();
     let mut poll = tokio::time::interval(DIR_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let forced = tokio::select! {
+        // After an event or SIGHUP every file is read; a poll compares metadata.
+        let by_content = tokio::select! {
             trigger = events.recv() => match trigger {
                 None => return,
                 Some(Trigger::Now) => true,
                 Some(Trigger::Changed) => {
                     debounce(&mut events).await;
-                    false
+                    true
                 }
             },
             _ = poll.tick() => false,
         };
-        scan(&dir, &store, &mut seen, &mut warned, forced).await;
+        scan(&dir, &store, &mut seen, &mut warned, by_content).await;
     }
 }
 
-/// Compares the directory with what is in force and applies each difference.
+/// A tenant file as the directory holds it now.
+struct Listed {
+    name: String,
+    path: PathBuf,
+    print: Fingerprint,
+    /// The version of its content, when it was read.
+    version: Option<String>,
+}
+
+/// Lists the directory and fingerprints each tenant file, reading (and
+/// hashing) those whose metadata changed, or all of them with `by_content`.
+/// Blocking: run off the async workers.
+fn list(
+    dir: &Path,
+    seen: &HashMap<String, Option<Fingerprint>>,
+    by_content: bool,
+) -> std::io::Result<(Vec<Listed>, Vec<String>)> {
+    let files = crate::policy_file::tenant_files(dir)?;
+    let listed = files
+        .tenants
+        .into_iter()
+        .map(|(name, path)| {
+            let print = fingerprint(&path);
+            let changed = by_content || seen.get(&name).and_then(Option::as_ref) != Some(&print);
+            let version = changed
+                .then(|| std::fs::read(&path).ok().map(|bytes| Policy::version_of(&bytes)))
+                .flatten();
+            Listed {
+                name,
+                path,
+                print,
+                version,
+            }
+        })
+        .collect();
+    Ok((listed, files.misnamed))
+}
+
+/// Compares the directory with what is in force and applies each
+/// difference. A file whose content is the policy in force costs one read;
+/// only one that differs is read until stable, compiled and swapped in.
 async fn scan(
     dir: &Path,
     store: &PolicyStore,
-    seen: &mut HashMap<String, Fingerprint>,
+    seen: &mut HashMap<String, Option<Fingerprint>>,
     warned: &mut HashSet<String>,
-    forced: bool,
+    by_content: bool,
 ) {
-    let files = match crate::policy_file::tenant_files(dir) {
-        Ok(files) => files,
-        Err(e) => {
+    let listing = {
+        let (dir, snapshot) = (dir.to_path_buf(), seen.clone());
+        tokio::task::spawn_blocking(move || list(&dir, &snapshot, by_content)).await
+    };
+    let (listed, misnamed) = match listing {
+        Ok(Ok(listing)) => listing,
+        Ok(Err(e)) => {
             warn!(dir = %dir.display(), "cannot list the policy directory: {e}; every tenant stays in force");
             return;
         }
+        Err(_) => return,
     };
-    for name in &files.misnamed {
-        if warned.insert(name.clone()) {
-            warn!("{}", crate::policy_file::misnamed_message(dir, name));
+    for name in misnamed {
+        if !warned.contains(&name) {
+            warn!("{}", crate::policy_file::misnamed_message(dir, &name));
+            warned.insert(name);
         }
     }
-    let mut present = HashSet::with_capacity(files.tenants.len());
-    for (name, path) in &files.tenants {
-        present.insert(name.as_str());
-        let print = fingerprint(path);
-        if !forced && seen.get(name) == Some(&print) {
+    let present: HashSet<String> = listed.iter().map(|l| l.name.clone()).collect();
+    for Listed {
+        name,
+        path,
+        print,
+        version,
+    } in listed
+    {
+        let unchanged = seen.get(&name).and_then(Option::as_ref) == Some(&print);
+        if !by_content && unchanged {
             continue;
         }
-        seen.insert(name.clone(), print);
-        reload(path, name, store).await;
+        seen.insert(name.clone(), Some(print));
+        let in_force = store.tenant(&name).map(|s| s.policy.version().to_owned());
+        if version.is_some() && version == in_force {
+            store.clear_reload_error(&name);
+            continue;
+        }
+        reload(&path, &name, store).await;
     }
-    let gone: Vec<String> = seen.keys().filter(|n| !present.contains(n.as_str())).cloned().collect();
+    let gone: Vec<String> = seen.keys().filter(|n| !present.contains(*n)).cloned().collect();
     if gone.is_empty() {
         return;
     }

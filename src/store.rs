@@ -104,6 +104,9 @@ pub struct PolicyStore {
     reloads: [AtomicU64; 4],
     /// When a policy was last swapped in (start-up counts).
     last_swap_unix_ms: AtomicI64,
+    /// Each tenant's decision counts, kept when its file goes, so a tenant
+    /// removed and added again counts on from where it was.
+    counts: Mutex<HashMap<String, Arc<DecisionCounts>>>,
 }
 
 impl PolicyStore {
@@ -123,6 +126,11 @@ impl PolicyStore {
     }
 
     fn from_set(set: TenantSet<Snapshot>, single: bool) -> Self {
+        let counts = set
+            .sorted()
+            .into_iter()
+            .map(|(name, snapshot)| (name.to_owned(), Arc::clone(&snapshot.counts)))
+            .collect();
         PolicyStore {
             tenants: ArcSwap::from_pointee(set),
             writer: Mutex::new(()),
@@ -130,6 +138,7 @@ impl PolicyStore {
             single,
             reloads: Default::default(),
             last_swap_unix_ms: AtomicI64::new(now_unix_ms()),
+            counts: Mutex::new(counts),
         }
     }
 
@@ -168,12 +177,9 @@ impl PolicyStore {
     /// clears its reload error. The other tenants keep their snapshots.
     pub fn swap_tenant(&self, name: &str, policy: Option<Policy>) {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let counts = self.tenants.load().get(name).map(|s| Arc::clone(&s.counts));
         let snapshot = policy.map(|p| {
             let mut snapshot = snapshot(name, p);
-            if let Some(counts) = counts {
-                snapshot.counts = counts;
-            }
+            snapshot.counts = self.counts_of(name, &snapshot.counts);
             Arc::new(snapshot)
         });
         let next = self.tenants.load().with(name, snapshot);
@@ -199,6 +205,12 @@ impl PolicyStore {
     /// When a policy was last swapped in, in milliseconds since the Unix epoch.
     pub fn last_swap_unix_ms(&self) -> i64 {
         self.last_swap_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// The counts kept for `name`, or `fresh` as its counts from now on.
+    fn counts_of(&self, name: &str, fresh: &Arc<DecisionCounts>) -> Arc<DecisionCounts> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(counts.entry(name.to_owned()).or_insert_with(|| Arc::clone(fresh)))
     }
 
     /// Single mode: puts `policy` in force.

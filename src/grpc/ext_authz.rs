@@ -50,7 +50,13 @@ impl AuthorizationService {
             ));
         };
         // Set by Envoy per route or virtual host; nothing the client sends.
-        let tenant = match attributes.context_extensions.iter().find(|e| &e.key[..] == b"tenant") {
+        // As in every protobuf map, the last entry of a key wins.
+        let tenant = match attributes
+            .context_extensions
+            .iter()
+            .rev()
+            .find(|e| &e.key[..] == b"tenant")
+        {
             Some(entry) => text("context_extensions[\"tenant\"]", &entry.value)?,
             None => "",
         };

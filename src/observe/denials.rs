@@ -59,10 +59,12 @@ struct Dropped<'a> {
 }
 
 impl DenialLog {
-    /// A log of at most `rate` lines a second.
+    /// A log of at most `rate` lines a second (0: none, every denial counted
+    /// as dropped).
     pub fn new(rate: u64) -> Arc<Self> {
         Arc::new(DenialLog {
-            rate,
+            // The count shares one atomic with the second: 32 bits each.
+            rate: rate.min(u64::from(u32::MAX)),
             started: Instant::now(),
             window: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -96,11 +98,16 @@ impl DenialLog {
 
     /// Whether a line may be written in this second.
     fn take(&self) -> bool {
+        if self.rate == 0 {
+            return false;
+        }
         let second = self.started.elapsed().as_secs() & 0xffff_ffff;
         let mut seen = self.window.load(Ordering::Relaxed);
         loop {
             let (window, count) = (seen >> 32, seen & 0xffff_ffff);
-            let next = if window == second {
+            // A caller that read the clock just before another moved the
+            // window on counts in the newer window: it never moves back.
+            let next = if window >= second {
                 if count >= self.rate {
                     return false;
                 }

@@ -66,6 +66,9 @@ pub struct Metrics {
     reloads: [IntCounter; 4],
     /// With `--metrics-per-tenant`: the family the tenants' counts are copied into.
     per_tenant: Option<IntCounterVec>,
+    /// One scrape at a time copies counts, so two cannot both add the same
+    /// difference. Scrapes only: the decision path never takes it.
+    scraping: std::sync::Mutex<()>,
 }
 
 /// Why the metrics could not be set up: a name or label the registry refused.
@@ -146,6 +149,7 @@ impl Metrics {
             last_reload,
             reloads,
             per_tenant,
+            scraping: std::sync::Mutex::new(()),
         })
     }
 
@@ -157,6 +161,7 @@ impl Metrics {
     /// The exposition in Prometheus' text format, with the policies' gauges
     /// read from the store now.
     pub fn encode(&self) -> Result<String, MetricsError> {
+        let _scraping = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenants = self.store.tenants_full();
         let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
         self.tenants.set(i64::try_from(tenants.len()).unwrap_or(i64::MAX));
@@ -165,10 +170,11 @@ impl Metrics {
             .set(i64::try_from(self.store.stale_count()).unwrap_or(i64::MAX));
         self.last_reload.set(self.store.last_swap_unix_ms() as f64 / 1000.0);
         if let Some(family) = &self.per_tenant {
-            let copy = |tenant: &str, counts: &DecisionCounts| {
+            let copy = |tenant: &str, counts: &DecisionCounts, more: Option<&DecisionCounts>| {
                 for (api_index, api) in [Api::Corsd, Api::ExtAuthz].into_iter().enumerate() {
                     for (reason_index, reason) in Reason::ALL.into_iter().enumerate() {
-                        let n = counts.get(api_index, reason_index);
+                        let n =
+                            counts.get(api_index, reason_index) + more.map_or(0, |m| m.get(api_index, reason_index));
                         if n == 0 {
                             continue;
                         }
@@ -179,9 +185,14 @@ impl Metrics {
                 }
             };
             for (name, snapshot) in tenants.sorted() {
-                copy(name, &snapshot.counts);
+                if !name.is_empty() {
+                    copy(name, &snapshot.counts, None);
+                }
             }
-            copy("", &self.decisions.unselected);
+            // Tenant "" is single mode's policy and the decisions no tenant's
+            // policy made: one series, both counts.
+            let single = tenants.get("").map(|s| Arc::clone(&s.counts));
+            copy("", &self.decisions.unselected, single.as_deref());
         }
         for (counter, result) in self.reloads.iter().zip(ReloadResult::ALL) {
             let behind = self.store.reload_count(result).saturating_sub(counter.get());

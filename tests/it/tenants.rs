@@ -649,3 +649,34 @@ async fn tenants_edited_under_load_answer_from_some_valid_version() {
     assert!(versions_seen > TENANTS * 2, "clients saw reloads happen");
     server.stop().await;
 }
+
+/// An in-place edit that keeps the length and the modification time (as
+/// `cp -p` or `touch -r` leave it) is still seen: after an event the
+/// directory's files are read, not judged by their metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_that_keeps_the_metadata_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.toml");
+    let (before, after) = (policy("https://a1.example"), policy("https://a2.example"));
+    assert_eq!(before.len(), after.len());
+    std::fs::write(&path, &before).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let loaded = [("a".to_owned(), Policy::compile("t", before.as_bytes()).unwrap().policy)];
+    let server = TestServer::start(PolicyStore::with_tenants(loaded)).await;
+    corsd::reload::spawn_dir(
+        dir.path().to_path_buf(),
+        vec![("a".into(), path.clone())],
+        server.store.clone(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &file, after.as_bytes()).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    wait_tenants(&server, "same-metadata edit", |t| {
+        info(t, "a").is_some_and(|a| a.version == version(&after))
+    })
+    .await;
+    server.stop().await;
+}
