@@ -7,7 +7,8 @@
 #   corsd   ext_authz to corsd (the shipped configuration's filter)
 #   null    ext_authz to a server that decides nothing and adds no header
 #   static  ext_authz to a server that decides nothing but answers with the
-#           same headers corsd adds, fixed (the floor with Envoy's work on them)
+#           same headers and dynamic_metadata corsd adds, fixed (the floor
+#           with Envoy's work on them)
 # driven by wrk, interleaved none/native/corsd/null then in reverse, ROUNDS
 # times. Every response is checked: wrk's non-2xx count must be zero, and each
 # listener is probed once for the CORS header it must (or must not) send.

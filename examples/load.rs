@@ -572,8 +572,8 @@ async fn connect(addr: &str, n: usize) -> Vec<Channel> {
 async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>) {
     use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, HeaderAppendAction};
     use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
-    /// Always OK; with `Some(origin)`, the headers corsd adds to an allowed
-    /// actual request, fixed, so Envoy does the same work on the response.
+    /// Always OK; with `Some(origin)`, the headers and dynamic_metadata corsd
+    /// adds to an allowed actual request, fixed, so Envoy does the same work.
     struct Null(Option<String>);
     #[tonic::async_trait]
     impl Authorization for Null {
@@ -591,6 +591,21 @@ async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>
                     .add_response_header("access-control-expose-headers", "x-request-id", overwrite, false)
                     .add_response_header("vary", "Origin", Some(HeaderAppendAction::AppendIfExistsOrAdd), false);
                 response.set_http_response(ok);
+                // And the dynamic_metadata corsd sends, for Envoy to store.
+                let string = |s: &str| envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s.to_owned())),
+                };
+                response.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
+                    fields: [
+                        ("corsd_matched", origin.as_str()),
+                        ("corsd_policy_version", "0123456789abcdef"),
+                        ("corsd_reason", "allowed"),
+                        ("corsd_tenant", ""),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), string(v)))
+                    .collect(),
+                });
             }
             Ok(tonic::Response::new(response))
         }
