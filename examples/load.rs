@@ -593,7 +593,9 @@ async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>
                 response.set_http_response(ok);
                 // And the dynamic_metadata corsd sends, for Envoy to store.
                 let string = |s: &str| envoy_types::pb::google::protobuf::Value {
-                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s.to_owned())),
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        s.to_owned(),
+                    )),
                 };
                 response.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
                     fields: [

@@ -142,18 +142,33 @@ fn fingerprint(path: &Path) -> Fingerprint {
     )
 }
 
-/// Reads the file until two reads agree.
+/// Reads the file until two reads agree, or until a read comes from a file
+/// renamed into place since the read before it: a rename-over (editors,
+/// `corsd entries`, Kubernetes) only ever shows a whole file, so while
+/// writers keep renaming new versions in, each is taken as it comes. Only a
+/// file changing in place must settle.
 async fn read_stable(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut previous = tokio::fs::read(path).await?;
+    let (mut previous, mut inode) = read_with_inode(path).await?;
     for _ in 0..MAX_READS {
         tokio::time::sleep(SETTLE).await;
-        let bytes = tokio::fs::read(path).await?;
-        if bytes == previous {
+        let (bytes, now) = read_with_inode(path).await?;
+        if bytes == previous || now != inode {
             return Ok(bytes);
         }
-        previous = bytes;
+        (previous, inode) = (bytes, now);
     }
     Err(std::io::Error::other("the file kept changing while it was read"))
+}
+
+/// The file's bytes and the inode they were read from.
+async fn read_with_inode(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let inode = file.metadata().await?.ino();
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await?;
+    Ok((bytes, inode))
 }
 
 /// Reads, compiles and swaps in the file at `path` as tenant `tenant`'s

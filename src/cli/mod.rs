@@ -1,4 +1,4 @@
-//! The `corsd` command line: `serve`, `validate` and `check`. clap lives
+//! The `corsd` command line: `serve`, `validate`, `check` and `entries`. clap lives
 //! here and nowhere else; each command turns its flags into plain values
 //! for the library.
 //!
@@ -6,6 +6,7 @@
 //! 0 unless the verdict is deny (1) or the check could not be made (2).
 
 mod check;
+mod entries;
 mod serve;
 mod validate;
 
@@ -29,6 +30,9 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Decide one request offline, as the server would.
     Check(check::CheckArgs),
+    /// List, add or remove allowlist entries, keeping the file's layout.
+    #[command(subcommand)]
+    Entries(entries::EntriesCommand),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -44,5 +48,6 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Entries(command) => entries::run(command),
     }
 }

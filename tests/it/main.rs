@@ -13,6 +13,7 @@ mod browser;
 mod cli;
 mod common;
 mod core_cases;
+mod entries;
 mod envoy;
 mod fuzz_regressions;
 mod interop;

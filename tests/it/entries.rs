@@ -1,0 +1,181 @@
+//! `corsd entries` (DESIGN.md section 12) as a real process on real files:
+//! golden files for layout kept after add and remove, refusals that leave
+//! the file byte for byte, concurrent adds that all land, and a watching
+//! server that never sees a half-written or invalid file while edits land.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::common;
+use common::serve::{TestServer, wait_for};
+
+fn corsd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corsd")).args(args).output().unwrap()
+}
+
+fn golden(name: &str) -> String {
+    std::fs::read_to_string(common::cases_dir().join("entries").join(name)).unwrap()
+}
+
+fn copy_of_policy(dir: &Path) -> String {
+    common::write_file(dir, "policy.toml", &golden("policy.toml"))
+}
+
+#[test]
+fn add_and_remove_keep_comments_order_and_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    let out = corsd(&[
+        "entries",
+        "add",
+        &file,
+        "HTTPS://Partner.Example:443",
+        "--note",
+        "partner portal",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), golden("after-add.toml"));
+    let out = corsd(&["entries", "remove", &file, "https://*.preview.acme.example"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), golden("after-remove.toml"));
+
+    let out = corsd(&["entries", "list", &file, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([
+            {"origin": "https://app.acme.example", "note": "the SPA", "line": 9},
+            {"origin": "http://localhost:3000", "note": "", "line": 14},
+            {"origin": "https://partner.example", "note": "partner portal", "line": 17},
+        ])
+    );
+}
+
+#[test]
+fn refusals_leave_the_file_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    let before = std::fs::read(&file).unwrap();
+    for (args, says) in [
+        (
+            vec!["add", &file, "https://x.example/"],
+            "invalid origin `https://x.example/`: remove the trailing \"/\": an origin has no path",
+        ),
+        (
+            vec!["add", &file, "https://*.com"],
+            "invalid origin `https://*.com`: `*.com` would cover the public suffix `com`",
+        ),
+        (
+            vec!["add", &file, "HTTPS://APP.acme.example:443"],
+            "`https://app.acme.example` is already listed, on line 9: nothing to add",
+        ),
+        (
+            vec!["remove", &file, "https://absent.example"],
+            "`https://absent.example` is not listed: nothing to remove",
+        ),
+    ] {
+        let mut full = vec!["entries"];
+        full.extend(args.iter().copied());
+        let out = corsd(&full);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read(&file).unwrap(), before, "{args:?} changed the file");
+    }
+    // A dry run prints the diff and writes nothing.
+    let out = corsd(&["entries", "add", &file, "https://new.example", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        diff.contains("+[[entries]]\n+origin = \"https://new.example\"\n"),
+        "{diff}"
+    );
+    assert!(diff.starts_with(&format!("--- {file}\n+++ {file}\n")), "{diff}");
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}
+
+#[test]
+fn concurrent_adds_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_corsd"))
+                .args(["entries", "add", &file, &format!("https://team-{i}.acme.example")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    for i in 0..20 {
+        assert!(
+            text.contains(&format!("origin = \"https://team-{i}.acme.example\"")),
+            "team-{i} lost:\n{text}"
+        );
+    }
+    let out = corsd(&["validate", &file]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("23 entries"));
+    // The edits' temporary files are gone; only the lock file stays.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["policy.toml", "policy.toml.lock"]);
+}
+
+/// A server watching the file while 200 edits land: no reload is ever
+/// rejected (it never reads half a file), and it ends on the last version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watching_server_never_sees_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    let server = TestServer::start_with_file(file.as_ref()).await;
+    corsd::reload::spawn(file.clone().into(), server.store.clone()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let edits = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            for i in 0..200 {
+                let (verb, origin) = if i % 2 == 0 {
+                    ("add", "https://churn.acme.example")
+                } else {
+                    ("remove", "https://churn.acme.example")
+                };
+                let out = corsd(&["entries", verb, &file, origin]);
+                assert!(
+                    out.status.success(),
+                    "edit {i}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    });
+    edits.await.unwrap();
+    let last = std::fs::read(&file).unwrap();
+    let want = corsd::core::Policy::version_of(&last);
+    let mut client = server.client().await;
+    wait_for(&mut client, Duration::from_secs(2), "the last edit", |r| {
+        r.policy.as_ref().unwrap().version == want
+    })
+    .await;
+    use corsd::store::ReloadResult;
+    assert_eq!(
+        server.store.reload_count(ReloadResult::Invalid),
+        0,
+        "a reload saw an invalid file"
+    );
+    assert_eq!(
+        server.store.reload_count(ReloadResult::Unreadable),
+        0,
+        "a reload could not read the file"
+    );
+    assert!(server.store.reload_count(ReloadResult::Ok) > 0);
+    server.stop().await;
+}
