@@ -1,4 +1,4 @@
-//! The `corsd` command line: `serve`, `validate`, `check` and `entries`. clap lives
+//! The `corsd` command line: `serve`, `validate`, `check`, `entries` and `diff`. clap lives
 //! here and nowhere else; each command turns its flags into plain values
 //! for the library.
 //!
@@ -6,6 +6,7 @@
 //! 0 unless the verdict is deny (1) or the check could not be made (2).
 
 mod check;
+mod diff;
 mod entries;
 mod serve;
 mod validate;
@@ -30,6 +31,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Decide one request offline, as the server would.
     Check(check::CheckArgs),
+    /// Show what a change to a policy file changes (exit 1 when the two decide differently).
+    Diff(diff::DiffArgs),
     /// List, add or remove allowlist entries, keeping the file's layout.
     #[command(subcommand)]
     Entries(entries::EntriesCommand),
@@ -49,5 +52,6 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Entries(command) => entries::run(command),
+        Command::Diff(args) => diff::run(&args),
     }
 }

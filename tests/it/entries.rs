@@ -179,3 +179,109 @@ async fn a_watching_server_never_sees_a_bad_file() {
     assert!(server.store.reload_count(ReloadResult::Ok) > 0);
     server.stop().await;
 }
+
+fn diff_files(old: &str, new: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::write_file(dir.path(), "old.toml", old);
+    let b = common::write_file(dir.path(), "new.toml", new);
+    let mut args = vec!["diff", a.as_str(), b.as_str()];
+    args.extend_from_slice(extra);
+    let out = corsd(&args);
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn diff_says_what_a_change_changes() {
+    let base = "[[entries]]\norigin = \"https://a.example.com\"\n\n[[entries]]\norigin = \"https://b.example.org\"\n";
+    // Reordered, commented, spelled differently: alike.
+    let same = "# reordered\n[[entries]]\norigin = \"HTTPS://B.example.org:443\"\n[[entries]]\norigin = \"https://a.example.com\" # a\n";
+    assert_eq!(
+        diff_files(base, same, &[]),
+        (Some(0), "the two policies decide alike\n".to_owned())
+    );
+
+    // Added.
+    let added = format!("{base}\n[[entries]]\norigin = \"https://c.example.net\"\n");
+    let (code, out) = diff_files(base, &added, &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("entries added:\n  + https://c.example.net\n"), "{out}");
+    assert!(
+        out.contains("https://c.example.net: deny (origin_not_allowed) -> allow (allowed)"),
+        "{out}"
+    );
+
+    // Removed.
+    let (code, out) = diff_files(&added, base, &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("entries removed:\n  - https://c.example.net\n"), "{out}");
+
+    // Widened: the exact entry still decides alike, the wildcard allows more.
+    let widened =
+        "[[entries]]\norigin = \"https://*.example.com\"\n\n[[entries]]\norigin = \"https://b.example.org\"\n";
+    let (code, out) = diff_files(
+        base,
+        widened,
+        &["--origin", "https://a.example.com", "--origin", "https://x.example.com"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("+ https://*.example.com") && out.contains("- https://a.example.com"),
+        "{out}"
+    );
+    assert!(
+        out.contains("https://x.example.com: deny (origin_not_allowed) -> allow (allowed)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("https://a.example.com: "),
+        "a.example.com decides alike: {out}"
+    );
+
+    // A setting: max_age changes the preflight's headers.
+    let (code, out) = diff_files(base, &format!("[cors]\nmax_age = 3600\n{base}"), &["--json"]);
+    assert_eq!(code, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["settings_changed"],
+        serde_json::json!([{"setting": "cors.max_age", "old": "600", "new": "3600"}])
+    );
+    assert_eq!(json["differ"], true);
+    assert_eq!(json["verdicts_changed"], serde_json::json!([]));
+
+    // An invalid file: exit 2.
+    let (code, _) = diff_files(base, "[[entries]]\norigin = \"https://x.example/\"\n", &[]);
+    assert_eq!(code, Some(2));
+}
+
+/// Edits killed with SIGKILL at many points never leave a partial file: the
+/// file is always a valid policy, the one before the edit or the one after.
+#[test]
+fn an_edit_killed_at_any_point_leaves_a_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    for i in 0..30u64 {
+        let before = std::fs::read_to_string(&file).unwrap();
+        let origin = format!("https://killed-{i}.acme.example");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corsd"))
+            .args(["entries", "add", &file, &origin])
+            .spawn()
+            .unwrap();
+        // From at once to after the edit is likely done, in 0.4 ms steps.
+        std::thread::sleep(Duration::from_micros(i * 400));
+        let _ = child.kill();
+        let _ = child.wait();
+        let after = std::fs::read_to_string(&file).unwrap();
+        let added = after.contains(&format!("origin = \"{origin}\""));
+        assert!(
+            after == before || (added && after.starts_with(before.trim_end())),
+            "edit {i} left:\n{after}"
+        );
+        let out = corsd(&["validate", &file]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "edit {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -160,6 +160,38 @@ impl Policy {
         &self.entries
     }
 
+    /// Every setting that shapes a decision, by name, with its effective
+    /// value (defaults applied, lists normalised): what `corsd diff` compares.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let rules = &self.cors;
+        let list = |any: bool, names: &[Box<str>]| {
+            let mut all: Vec<&str> = names.iter().map(|n| &**n).collect();
+            all.sort_unstable();
+            if any {
+                all.insert(0, "*");
+            }
+            all.join(", ")
+        };
+        let sorted = |items: &[Box<str>]| {
+            let mut all: Vec<&str> = items.iter().map(|i| &**i).collect();
+            all.sort_unstable();
+            all.join(", ")
+        };
+        vec![
+            ("cors.allow_methods", list(rules.any_method, &rules.methods)),
+            ("cors.allow_headers", list(rules.any_header, &rules.headers)),
+            (
+                "cors.expose_headers",
+                rules.expose_headers_value.as_deref().unwrap_or("").to_owned(),
+            ),
+            ("cors.allow_credentials", rules.allow_credentials.to_string()),
+            ("cors.max_age", rules.max_age_value.to_string()),
+            ("cors.allow_private_network", rules.allow_private_network.to_string()),
+            ("scope.hosts", sorted(self.scope.hosts())),
+            ("scope.paths", sorted(self.scope.paths())),
+        ]
+    }
+
     /// The hosts of `[scope]`, normalised (lowercase, no port, no trailing
     /// dot); empty when the policy covers every host.
     pub fn scope_hosts(&self) -> impl Iterator<Item = &str> {

@@ -148,6 +148,12 @@ impl Scope {
         &self.host_list
     }
 
+    /// The scope's path prefixes, without a trailing `/` (`/` is `""`);
+    /// empty when the allowlist covers every path.
+    pub(crate) fn paths(&self) -> &[Box<str>] {
+        &self.paths
+    }
+
     fn covers_host(&self, host: &str) -> bool {
         if self.host_list.is_empty() || host.is_empty() {
             return true;
