@@ -1,7 +1,8 @@
 //! `corsd serve` from a plain [`ServeConfig`]: the runtime, the listener, the
 //! reloader, signals and shutdown. It serves gRPC, reloads on change and on
-//! SIGHUP, and on SIGTERM/SIGINT reports NOT_SERVING, stops accepting,
-//! finishes the calls in flight and exits 0. The command line builds the
+//! SIGHUP, and on SIGTERM/SIGINT (DESIGN.md section 11) reports NOT_SERVING
+//! at once, keeps serving for the drain delay, then stops accepting,
+//! finishes the calls in flight (within the shutdown timeout) and exits 0. The command line builds the
 //! configuration and checks the policy before this starts.
 
 use std::net::SocketAddr;
@@ -46,6 +47,10 @@ pub struct ServeConfig {
     pub metrics_per_tenant: bool,
     /// Log denied decisions, at most this many lines a second; off when `None`.
     pub log_denials: Option<u64>,
+    /// After SIGTERM, how long to keep serving with health NOT_SERVING.
+    pub drain_delay: Duration,
+    /// Then, how long calls in flight may take to finish.
+    pub shutdown_timeout: Duration,
 }
 
 /// How `corsd serve` writes its logs.
@@ -199,21 +204,35 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         () = wait_for_termination() => {}
         ended = &mut server => return server_ended(ended),
     }
-    info!("shutting down: NOT_SERVING, finishing calls in flight");
+    // Balancers stop sending once they see NOT_SERVING; until the drain
+    // delay has passed, new connections are still accepted and answered.
+    info!(
+        drain_delay_ms = args.drain_delay.as_millis(),
+        "shutting down: NOT_SERVING, serving on while balancers notice"
+    );
     ready.store(false, Ordering::Relaxed);
     grpc::set_health(&reporter, ServingStatus::NotServing).await;
+    tokio::select! {
+        () = tokio::time::sleep(args.drain_delay) => {}
+        () = wait_for_termination() => info!("second signal: ending the drain now"),
+        ended = &mut server => return server_ended(ended),
+    }
+    info!(
+        shutdown_timeout_ms = args.shutdown_timeout.as_millis(),
+        "no longer accepting; finishing calls in flight"
+    );
     let _ = stop.send(());
     let flush_denials = move || {
         if let Some(log) = &denials_at_exit {
             log.flush_dropped();
         }
     };
-    let code = match tokio::time::timeout(DRAIN, server).await {
+    let code = match tokio::time::timeout(args.shutdown_timeout, server).await {
         Ok(ended) => server_ended(ended),
         Err(_) => {
             warn!(
-                "calls still open after {} s (health watchers?); exiting",
-                DRAIN.as_secs()
+                "calls still open after {} ms (health watchers?); exiting",
+                args.shutdown_timeout.as_millis()
             );
             ExitCode::SUCCESS
         }
@@ -222,9 +241,6 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     flush_denials();
     code
 }
-
-/// How long calls in flight may take to finish once shutdown begins.
-const DRAIN: Duration = Duration::from_secs(5);
 
 type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, tokio::task::JoinError>;
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::ValueEnum;
 
@@ -37,6 +38,13 @@ pub(super) struct ServeArgs {
     /// Label decisions with their tenant (one series per tenant, API and reason).
     #[arg(long, env = "CORSD_METRICS_PER_TENANT")]
     metrics_per_tenant: bool,
+    /// After SIGTERM, keep serving this long with health NOT_SERVING, so
+    /// balancers stop sending first (`5s`, `500ms`, or seconds).
+    #[arg(long, env = "CORSD_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    drain_delay: Duration,
+    /// Then let calls in flight finish for at most this long.
+    #[arg(long, env = "CORSD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// Write one JSON line per denied decision to stderr (target corsd::denial).
     #[arg(long, env = "CORSD_LOG_DENIALS")]
     log_denials: bool,
@@ -82,6 +90,46 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,
         log_denials: args.log_denials.then_some(args.log_denials_rate),
+        drain_delay: args.drain_delay,
+        shutdown_timeout: args.shutdown_timeout,
     };
     crate::server::main(config, policies)
+}
+
+/// A duration as the flags take it: `5s`, `500ms`, `2m`, or a bare number of
+/// seconds (`5`, `0.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: write `5s`, `500ms` or a number of seconds"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{text}`: the unit is `ms`, `s` or `m`")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

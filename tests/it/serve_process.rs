@@ -221,3 +221,71 @@ async fn sighup_reloads_and_environment_configures() {
     assert!(corsd.logged("SIGHUP"));
     assert!(corsd.logged("policy swapped in"));
 }
+
+/// SIGTERM with `--drain-delay`: health says NOT_SERVING at once, a new
+/// connection opened during the drain is still answered, and the process
+/// exits 0 once the delay has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_before_it_stops_accepting() {
+    use corsd::grpc::pb::CheckOriginRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_file(dir.path(), "p.toml", "[[entries]]\norigin = \"https://a.example\"\n");
+    let mut corsd = Corsd::spawn(Command::new(BIN).args([
+        "serve",
+        "--policy",
+        &policy,
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-delay",
+        "1500ms",
+        "--shutdown-timeout",
+        "2s",
+    ]));
+    let mut health = HealthClient::new(corsd.channel().await);
+    let signalled = Instant::now();
+    corsd.signal("TERM");
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "NOT_SERVING not at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A balancer that has not noticed yet opens a new connection: answered.
+    let mut late = CorsPolicyClient::new(corsd.channel().await);
+    let answer = late
+        .check_origin(CheckOriginRequest {
+            origin: Some("https://a.example".into()),
+            method: "GET".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reason, corsd::grpc::pb::Reason::Allowed as i32);
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "the late call came after the drain"
+    );
+    drop((health, late));
+    let code = tokio::task::block_in_place(|| corsd.wait_exit(Duration::from_secs(10)));
+    assert_eq!(code, 0);
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited after {took:?}, before the drain delay"
+    );
+    assert!(corsd.logged("no longer accepting"));
+}
