@@ -23,6 +23,7 @@ mod metrics;
 mod no_alloc;
 mod properties;
 mod reload;
+mod replicas;
 mod serve_process;
 mod service;
 mod tenants;

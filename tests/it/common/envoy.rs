@@ -20,7 +20,7 @@ pub fn envoy_binary() -> Option<PathBuf> {
 }
 
 /// A free loopback port (bound, then released for Envoy to take).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,14 +44,22 @@ impl Envoy {
 
     /// Starts Envoy on the shipped `deploy/envoy/NAME`, its ports rewritten.
     pub async fn start_config(binary: &Path, name: &str, corsd: SocketAddr, upstream: SocketAddr) -> Envoy {
+        Envoy::start_ports(binary, name, &[(50051, corsd.port()), (9000, upstream.port())]).await
+    }
+
+    /// Starts Envoy on the shipped `deploy/envoy/NAME` with each
+    /// `port_value` in `ports` rewritten (the listener and admin ports too).
+    pub async fn start_ports(binary: &Path, name: &str, ports: &[(u16, u16)]) -> Envoy {
         let shipped =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(name)).unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        let config = shipped
+        let mut config = shipped
             .replace("port_value: 8080", &format!("port_value: {port}"))
-            .replace("port_value: 50051", &format!("port_value: {}", corsd.port()))
-            .replace("port_value: 9000", &format!("port_value: {}", upstream.port()))
             .replace("port_value: 9901", &format!("port_value: {admin_port}"));
+        for (from, to) in ports {
+            config = config.replace(&format!("port_value: {from} "), &format!("port_value: {to} "));
+            config = config.replace(&format!("port_value: {from}\n"), &format!("port_value: {to}\n"));
+        }
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
