@@ -18,6 +18,7 @@ mod envoy;
 mod fuzz_regressions;
 mod interop;
 mod invalid_policies;
+mod kubernetes;
 mod load_smoke;
 mod metrics;
 mod no_alloc;
