@@ -45,15 +45,9 @@ fn set_of(n: usize) -> TenantSet<Held> {
 
 fn request(authority: &str) -> Request<'_> {
     Request {
-        origin: Some("https://app-4.org-7.example"),
-        several_origins: false,
-        method: "GET",
-        request_method: None,
-        request_headers: &[],
-        request_private_network: false,
-        scheme: "https",
         authority,
         path: "/services/data",
+        ..Request::get("https://app-4.org-7.example")
     }
 }
 

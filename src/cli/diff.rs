@@ -143,17 +143,7 @@ fn dedup<'a>(items: impl Iterator<Item = &'a String>) -> Vec<String> {
 
 /// How `policy` decides a cross-origin GET from `origin` to a target in scope.
 fn outcome(policy: &Policy, origin: &str) -> Outcome {
-    let request = Request::<&str> {
-        origin: Some(origin),
-        several_origins: false,
-        method: "GET",
-        request_method: None,
-        request_headers: &[],
-        request_private_network: false,
-        scheme: "https",
-        authority: "",
-        path: "",
-    };
+    let request = Request::get(origin);
     let decision = decide(policy, &request);
     Outcome {
         verdict: decision.verdict.as_str(),

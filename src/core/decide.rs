@@ -96,6 +96,26 @@ pub struct Request<'a, H = &'a str> {
     pub path: &'a str,
 }
 
+impl<'a> Request<'a> {
+    /// A plain cross-origin `GET` from `origin` over https, to a target the
+    /// gateway did not describe (in scope, never the same origin): the
+    /// request that shows whether an origin is allowed. Fields can be
+    /// changed with struct update syntax.
+    pub fn get(origin: &'a str) -> Self {
+        Request {
+            origin: Some(origin),
+            several_origins: false,
+            method: "GET",
+            request_method: None,
+            request_headers: &[],
+            request_private_network: false,
+            scheme: "https",
+            authority: "",
+            path: "",
+        }
+    }
+}
+
 /// What the gateway must do with the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {

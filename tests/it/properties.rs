@@ -187,14 +187,8 @@ proptest! {
 
 fn request(origin: &str) -> Request<'_> {
     Request {
-        origin: Some(origin),
-        several_origins: false,
-        method: "GET",
-        request_method: None,
-        request_headers: &[],
-        request_private_network: false,
-        scheme: "https",
         authority: "api.test",
         path: "/",
+        ..Request::get(origin)
     }
 }
