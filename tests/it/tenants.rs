@@ -680,3 +680,68 @@ async fn an_edit_that_keeps_the_metadata_is_seen() {
     .await;
     server.stop().await;
 }
+
+/// The selection table through a real Envoy on the shipped multi-tenant
+/// config, for every case that config can express: Envoy names the tenant
+/// on an organisation's own host and under `/org/NAME/` on the shared host,
+/// and names none elsewhere. (A name with no route, or a named tenant on
+/// another organisation's host, cannot be sent through it: Envoy, not the
+/// client, chooses the name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_table_through_envoy() {
+    use crate::common::envoy::{Envoy, envoy_binary, start_upstream};
+    let Some(binary) = envoy_binary() else { return };
+    let corsd = TestServer::start(example_store()).await;
+    let upstream = start_upstream().await;
+    let envoy = Envoy::start_config(&binary, "envoy-tenants.yaml", corsd.addr, upstream).await;
+    let own_hosts = ["acme.my.example.com", "globex.my.example.com", "initech.my.example.com"];
+    let mut carried = 0;
+    for case in cases() {
+        let host = case.authority.to_ascii_lowercase();
+        let host = host.trim_end_matches(":443").trim_end_matches('.');
+        let own = own_hosts
+            .iter()
+            .find(|h| **h == host)
+            .map(|h| h.split('.').next().unwrap());
+        let path = match (case.tenant.as_str(), host, own) {
+            ("", _, _) => "/services/data".to_owned(),
+            (named, "api.example.com", _) if ["acme", "globex", "initech"].contains(&named) => {
+                format!("/org/{named}/services/data")
+            }
+            (named, _, Some(owner)) if named == owner => "/services/data".to_owned(),
+            _ => continue,
+        };
+        let mut head = format!(
+            "{} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            case.method(),
+            case.authority
+        );
+        if let Some(origin) = &case.origin {
+            head.push_str(&format!("Origin: {origin}\r\n"));
+        }
+        if let Some(method) = &case.request_method {
+            head.push_str(&format!("Access-Control-Request-Method: {method}\r\n"));
+        }
+        head.push_str("\r\n");
+        let r = envoy.send(&head).await;
+        carried += 1;
+        let acao = r.one("access-control-allow-origin");
+        match case.verdict.as_str() {
+            "allow" => {
+                assert!(matches!(r.status, 200 | 204), "{}: {}", case.name, r.status);
+                assert_eq!(acao, case.origin.as_deref(), "{}", case.name);
+            }
+            "deny" => {
+                assert_eq!(r.status, 403, "{}", case.name);
+                assert!(r.body.contains(&case.reason), "{}: {}", case.name, r.body);
+            }
+            _ => {
+                assert_eq!(r.status, 200, "{}", case.name);
+                assert_ne!(acao, case.origin.as_deref(), "{}: not CORS, nothing echoed", case.name);
+            }
+        }
+    }
+    assert!(carried >= 9, "only {carried} cases through Envoy");
+    drop(envoy);
+    corsd.stop().await;
+}
