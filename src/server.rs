@@ -37,8 +37,10 @@ pub enum Policies {
 /// What `corsd serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The gRPC address.
-    pub listen: SocketAddr,
+    /// The gRPC address: TCP, or a Unix socket.
+    pub listen: crate::listen::ListenAddr,
+    /// A file holding the bearer token that admin calls must present.
+    pub admin_token_file: Option<PathBuf>,
     /// Worker threads of the runtime.
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
@@ -112,16 +114,21 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         .unwrap_or_default();
     let tenant_count = tenants.len();
     drop(tenants);
-    let listener = match TcpListener::bind(args.listen).await {
+    let listener = match crate::listen::Listener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
             error!("cannot listen on {}: {e}", args.listen);
             return ExitCode::from(2);
         }
     };
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    let addr = listener.local_addr();
+    if !args.listen.is_local() && args.admin_token_file.is_none() {
+        warn!(
+            addr = %addr,
+            "ListEntries and ListTenants are open to every client that reaches this address: \
+             restrict them with --admin-token-file"
+        );
+    }
     let watching = match known {
         None => reload::spawn(source.clone(), Arc::clone(&store)),
         Some(known) => reload::spawn_dir(source.clone(), known, Arc::clone(&store)),
@@ -193,9 +200,14 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     }
     let denials_at_exit = denials.clone();
     let path = grpc::decision::DecisionPath::with_metrics(store, metrics).logging_denials(denials);
+    let admin = match &args.admin_token_file {
+        Some(file) => grpc::admin::AdminGate::token_file(file.clone()),
+        None => grpc::admin::AdminGate::open(),
+    };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,
         path,
+        admin,
         (reporter.clone(), health_service),
         shutdown,
     ));

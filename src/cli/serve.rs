@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use super::validate::{load, load_dir};
+use crate::listen::ListenAddr;
 use crate::server::{LogFormat, Policies, ServeConfig};
 
 /// Flags of `corsd serve`.
@@ -22,9 +23,14 @@ pub(super) struct ServeArgs {
     /// --policy); every file is watched and reloaded on its own.
     #[arg(long, env = "CORSD_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on: HOST:PORT, or unix:PATH for a Unix socket (mode 0660).
     #[arg(long, env = "CORSD_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    listen: ListenAddr,
+    /// Admin calls (ListEntries, ListTenants) must present
+    /// `authorization: Bearer TOKEN` with the token in this file (re-read on
+    /// change, surrounding whitespace ignored) [default: open].
+    #[arg(long, env = "CORSD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "CORSD_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
     log_format: LogFormatArg,
@@ -86,6 +92,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         .map_or(1, NonZeroUsize::get);
     let config = ServeConfig {
         listen: args.listen,
+        admin_token_file: args.admin_token_file,
         workers,
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::admin::AdminGate;
 use super::decision::DecisionPath;
 use super::pb;
 use super::stubs::cors_policy_server::CorsPolicy;
@@ -23,6 +24,7 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct CorsPolicyService {
     path: DecisionPath,
+    admin: AdminGate,
 }
 
 impl CorsPolicyService {
@@ -30,12 +32,22 @@ impl CorsPolicyService {
     pub fn new(store: Arc<PolicyStore>) -> Self {
         CorsPolicyService {
             path: DecisionPath::new(store),
+            admin: AdminGate::open(),
         }
     }
 
     /// A service deciding along `path` (which may count into metrics).
     pub fn on_path(path: DecisionPath) -> Self {
-        CorsPolicyService { path }
+        CorsPolicyService {
+            path,
+            admin: AdminGate::open(),
+        }
+    }
+
+    /// The same service, with admin calls behind `admin`.
+    pub fn with_admin(mut self, admin: AdminGate) -> Self {
+        self.admin = admin;
+        self
     }
 
     /// Decides one `CheckOrigin` call with the policy in force.
@@ -179,6 +191,7 @@ impl CorsPolicy for CorsPolicyService {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        self.admin.check(&request).await?;
         let r = request.get_ref();
         let store = self.path.store();
         let Some(snapshot) = store.tenant(&r.tenant) else {
@@ -242,6 +255,7 @@ impl CorsPolicy for CorsPolicyService {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.admin.check(&request).await?;
         let r = request.get_ref();
         let store = self.path.store();
         let tenants = store.tenants_full();

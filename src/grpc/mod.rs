@@ -2,6 +2,7 @@
 //! `envoy.service.auth.v3.Authorization`, standard health and reflection, all
 //! on one port. Handlers load one policy snapshot per call and never block.
 
+pub mod admin;
 pub mod cors_policy;
 pub mod decision;
 pub mod ext_authz;
@@ -69,13 +70,22 @@ pub async fn serve(
     health: Health<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve_counted(listener, DecisionPath::new(store), health, shutdown).await
+    serve_counted(
+        listen::Listener::Tcp(listener),
+        DecisionPath::new(store),
+        admin::AdminGate::open(),
+        health,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`], deciding along `path`, which may count into metrics.
+/// [`serve`], deciding along `path` (which may count into metrics), with
+/// admin calls behind `admin`, on a TCP or Unix listener.
 pub async fn serve_counted(
-    listener: TcpListener,
+    listener: listen::Listener,
     path: DecisionPath,
+    admin: admin::AdminGate,
     health: Health<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -91,20 +101,33 @@ pub async fn serve_counted(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let cors = stubs::cors_policy_server::CorsPolicyServer::new(cors_policy::CorsPolicyService::on_path(path.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let cors = stubs::cors_policy_server::CorsPolicyServer::new(
+        cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(admin),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::on_path(path))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    Server::builder()
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(limits::resource_exhausted())
         .add_service(health_service)
         .add_service(cors)
         .add_service(authz)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(listen::incoming(listener), shutdown)
-        .await?;
+        .add_service(reflection_v1alpha);
+    match listener {
+        listen::Listener::Tcp(tcp) => {
+            router
+                .serve_with_incoming_shutdown(listen::incoming(tcp), shutdown)
+                .await?
+        }
+        // The socket's file goes when serving ends.
+        listen::Listener::Unix(unix, _file) => {
+            router
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(unix), shutdown)
+                .await?
+        }
+    }
     Ok(())
 }

@@ -62,8 +62,9 @@ async fn serve_store(store: Arc<PolicyStore>, per_tenant: bool) -> Served {
     tokio::spawn(corsd::observe::http::serve(http, Arc::clone(&metrics), ready));
     let path = DecisionPath::with_metrics(store, Some(metrics.decisions()));
     tokio::spawn(corsd::grpc::serve_counted(
-        grpc,
+        corsd::listen::Listener::Tcp(grpc),
         path,
+        corsd::grpc::admin::AdminGate::open(),
         tonic_health::server::health_reporter(),
         std::future::pending(),
     ));

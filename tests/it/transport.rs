@@ -104,3 +104,171 @@ async fn incoming_sets_the_options_before_yielding_a_connection() {
         corsd::listen::KEEPALIVE_RETRIES
     );
 }
+
+/// `--listen unix:PATH`: a stale socket file is replaced, the socket is mode
+/// 0660, a gRPC client over it is answered, and the file goes at exit; a
+/// path that is not a socket is never replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.toml", "[[entries]]\norigin = \"https://a.example\"\n");
+    let socket = dir.path().join("corsd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap()); // a stale socket file
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy, "--drain-delay", "0"])
+        .arg(format!("--listen=unix:{}", socket.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let path = socket.clone();
+    let started = std::time::Instant::now();
+    let channel = loop {
+        let path = path.clone();
+        let connected = tonic::transport::Endpoint::from_static("http://corsd.sock")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await;
+        match connected {
+            Ok(channel) => break channel,
+            Err(_) => {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10), "no socket");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    let answer = corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(channel)
+        .check_origin(corsd::grpc::pb::CheckOriginRequest {
+            origin: Some("https://a.example".into()),
+            method: "GET".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reason, corsd::grpc::pb::Reason::Allowed as i32);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket file is removed at exit");
+
+    // A regular file where the socket would go: refused, left alone.
+    std::fs::write(&socket, "not a socket").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy])
+        .arg(format!("--listen=unix:{}", socket.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket");
+}
+
+/// `--admin-token-file`: ListEntries and ListTenants need the token (read
+/// at each call, so a rotated one is in force at once); CheckOrigin does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token() {
+    use corsd::grpc::pb::{ListEntriesRequest, ListTenantsRequest};
+    use tonic::Code;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "  s3cret-1\n").unwrap();
+    let store = PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(corsd::grpc::serve_counted(
+        corsd::listen::Listener::Tcp(listener),
+        corsd::grpc::decision::DecisionPath::new(store),
+        corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
+        tonic_health::server::health_reporter(),
+        std::future::pending(),
+    ));
+    let channel = loop {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let mut client = corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(channel);
+    let with = |token: Option<&str>| {
+        let mut request = tonic::Request::new(ListEntriesRequest::default());
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    };
+    assert_eq!(
+        client.list_entries(with(None)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        client.list_entries(with(Some("s3cret-2"))).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        client.list_entries(with(Some("s3cret"))).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        client
+            .list_entries(with(Some("s3cret-1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .total_size,
+        1
+    );
+    let mut tenants = tonic::Request::new(ListTenantsRequest::default());
+    assert_eq!(
+        client
+            .list_tenants(tonic::Request::new(ListTenantsRequest::default()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    tenants
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret-1".parse().unwrap());
+    assert_eq!(client.list_tenants(tenants).await.unwrap().into_inner().total_size, 1);
+    // Decisions stay open.
+    let answer = client
+        .check_origin(corsd::grpc::pb::CheckOriginRequest {
+            origin: Some("https://a.example".into()),
+            method: "GET".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reason, corsd::grpc::pb::Reason::Allowed as i32);
+    // Rotated: the new token works at once, the old one no longer does.
+    std::fs::write(&token_file, "s3cret-2").unwrap();
+    assert_eq!(
+        client.list_entries(with(Some("s3cret-1"))).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert!(client.list_entries(with(Some("s3cret-2"))).await.is_ok());
+    // A token file that cannot be read admits no one.
+    std::fs::remove_file(&token_file).unwrap();
+    assert_eq!(
+        client.list_entries(with(Some("s3cret-2"))).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
