@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub listen: crate::listen::ListenAddr,
     /// A file holding the bearer token that admin calls must present.
     pub admin_token_file: Option<PathBuf>,
+    /// What one client may ask.
+    pub limits: grpc::Limits,
     /// Worker threads of the runtime.
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
@@ -204,10 +206,14 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         Some(file) => grpc::admin::AdminGate::token_file(file.clone()),
         None => grpc::admin::AdminGate::open(),
     };
+    let options = grpc::ServeOptions {
+        admin,
+        limits: args.limits.clone(),
+    };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,
         path,
-        admin,
+        options,
         (reporter.clone(), health_service),
         shutdown,
     ));

@@ -51,6 +51,21 @@ pub(super) struct ServeArgs {
     /// Then let calls in flight finish for at most this long.
     #[arg(long, env = "CORSD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
+    /// Calls open at once on one HTTP/2 connection.
+    #[arg(long, env = "CORSD_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    max_concurrent_streams: u32,
+    /// Bytes of HTTP/2 headers one call may send.
+    #[arg(long, env = "CORSD_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024)]
+    max_header_list_size: u32,
+    /// How often an idle connection is pinged.
+    #[arg(long, env = "CORSD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, env = "CORSD_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    keepalive_timeout: Duration,
+    /// Bytes of one request message; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CORSD_MAX_MESSAGE_SIZE", default_value_t = crate::grpc::MAX_MESSAGE_BYTES)]
+    max_message_size: usize,
     /// Write one JSON line per denied decision to stderr (target corsd::denial).
     #[arg(long, env = "CORSD_LOG_DENIALS")]
     log_denials: bool,
@@ -93,6 +108,13 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
     let config = ServeConfig {
         listen: args.listen,
         admin_token_file: args.admin_token_file,
+        limits: crate::grpc::Limits {
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_header_list_size: args.max_header_list_size,
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
+            max_message_bytes: args.max_message_size,
+        },
         workers,
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,

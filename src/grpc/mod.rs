@@ -44,9 +44,46 @@ pub mod stubs {
     include!(concat!(env!("OUT_DIR"), "/stubs/envoy.service.auth.v3.rs"));
 }
 
-/// The largest request message corsd decodes: a legal CheckOrigin request is
-/// far smaller; anything larger is refused before it is decoded.
+/// The largest request message corsd decodes by default: a legal CheckOrigin
+/// request is far smaller; anything larger is refused before it is decoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What one client may ask of the server (DESIGN.md section 10), each a
+/// `corsd serve` flag.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Streams (calls) open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Bytes of HTTP/2 headers one call may send (HPACK-decoded).
+    pub max_header_list_size: u32,
+    /// How often an idle connection is pinged.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Bytes of one request message; larger ones are RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_streams: 256,
+            max_header_list_size: 16 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_message_bytes: MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// How the server is run besides its decisions: admin access and limits.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Who may make admin calls.
+    pub admin: admin::AdminGate,
+    /// What one client may ask.
+    pub limits: Limits,
+}
 
 /// The names under which health is reported.
 pub const HEALTH_SERVICES: [&str; 3] = ["", "corsd.v1.CorsPolicy", "envoy.service.auth.v3.Authorization"];
@@ -73,7 +110,7 @@ pub async fn serve(
     serve_counted(
         listen::Listener::Tcp(listener),
         DecisionPath::new(store),
-        admin::AdminGate::open(),
+        ServeOptions::default(),
         health,
         shutdown,
     )
@@ -81,16 +118,17 @@ pub async fn serve(
 }
 
 /// [`serve`], deciding along `path` (which may count into metrics), with
-/// admin calls behind `admin`, on a TCP or Unix listener.
+/// `options` (admin access, limits), on a TCP or Unix listener.
 pub async fn serve_counted(
     listener: listen::Listener,
     path: DecisionPath,
-    admin: admin::AdminGate,
+    options: ServeOptions,
     health: Health<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = health;
     set_health(&reporter, ServingStatus::Serving).await;
+    let limits = options.limits;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -102,14 +140,17 @@ pub async fn serve_counted(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(
-        cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(admin),
+        cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin),
     )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(limits.max_message_bytes);
     let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::on_path(path))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(limits.max_message_bytes);
 
     let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_size)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(limits::resource_exhausted())
         .add_service(health_service)
         .add_service(cors)

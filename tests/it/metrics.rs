@@ -64,7 +64,7 @@ async fn serve_store(store: Arc<PolicyStore>, per_tenant: bool) -> Served {
     tokio::spawn(corsd::grpc::serve_counted(
         corsd::listen::Listener::Tcp(grpc),
         path,
-        corsd::grpc::admin::AdminGate::open(),
+        corsd::grpc::ServeOptions::default(),
         tonic_health::server::health_reporter(),
         std::future::pending(),
     ));

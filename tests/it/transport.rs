@@ -189,7 +189,10 @@ async fn admin_calls_need_the_token() {
     tokio::spawn(corsd::grpc::serve_counted(
         corsd::listen::Listener::Tcp(listener),
         corsd::grpc::decision::DecisionPath::new(store),
-        corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
+        corsd::grpc::ServeOptions {
+            admin: corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
+            ..Default::default()
+        },
         tonic_health::server::health_reporter(),
         std::future::pending(),
     ));
@@ -271,4 +274,95 @@ async fn admin_calls_need_the_token() {
         client.list_entries(with(Some("s3cret-2"))).await.unwrap_err().code(),
         Code::PermissionDenied
     );
+}
+
+/// The limits are flags: a message over `--max-message-size` is
+/// RESOURCE_EXHAUSTED, headers over `--max-header-list-size` are refused,
+/// and calls within them are answered on the same server; `--help` lists
+/// every limit with its default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_flags_that_hold() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (flag, default) in [
+        ("--max-concurrent-streams", "256"),
+        ("--max-header-list-size", "16384"),
+        ("--keepalive-interval", "30s"),
+        ("--keepalive-timeout", "20s"),
+        ("--max-message-size", "65536"),
+    ] {
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains(flag))
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(line.contains(&format!("[default: {default}]")), "{flag}: {line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.toml", "[[entries]]\norigin = \"https://a.example\"\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args([
+            "serve",
+            "--policy",
+            &policy,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--drain-delay",
+            "0",
+        ])
+        .args(["--max-message-size", "2048", "--max-header-list-size", "4096"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let connect = || async move {
+        loop {
+            if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                return corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(c);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let call = |origin: &str, lines: usize| corsd::grpc::pb::CheckOriginRequest {
+        origin: Some(origin.into()),
+        method: "OPTIONS".into(),
+        access_control_request_method: Some("PUT".into()),
+        access_control_request_headers: vec!["content-type".into(); lines],
+        ..Default::default()
+    };
+    let mut client = connect().await;
+    let big = client.check_origin(call("https://a.example", 300)).await.unwrap_err();
+    assert_eq!(big.code(), tonic::Code::ResourceExhausted, "{big:?}");
+    let mut heavy = tonic::Request::new(call("https://a.example", 1));
+    heavy
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(8 * 1024).parse().unwrap());
+    assert!(
+        client.check_origin(heavy).await.is_err(),
+        "an 8 KiB header passed a 4 KiB limit"
+    );
+    let mut client = connect().await;
+    let fine = client
+        .check_origin(call("https://a.example", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fine.reason, corsd::grpc::pb::Reason::Allowed as i32);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }
