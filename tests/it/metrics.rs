@@ -341,11 +341,7 @@ async fn the_denial_log_is_bounded_and_unforgeable() {
     for n in 0..denials {
         let origin = hostile[n % hostile.len()];
         let answer = client
-            .check_origin(CheckOriginRequest {
-                origin: Some(origin.to_owned()),
-                method: "GET".into(),
-                ..Default::default()
-            })
+            .check_origin(crate::common::serve::get_request(origin))
             .await
             .unwrap()
             .into_inner();

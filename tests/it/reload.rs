@@ -181,11 +181,7 @@ async fn calls_never_fail_or_mix_policies_while_the_file_churns() {
         .iter()
         .flat_map(|o| {
             [
-                CheckOriginRequest {
-                    origin: Some((*o).into()),
-                    method: "GET".into(),
-                    ..Default::default()
-                },
+                crate::common::serve::get_request(*o),
                 CheckOriginRequest {
                     origin: Some((*o).into()),
                     method: "OPTIONS".into(),

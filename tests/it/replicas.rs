@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use corsd::grpc::pb::CheckOriginRequest;
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
 
 use crate::common::envoy::{Envoy, envoy_binary, free_port, request_at, start_upstream};
@@ -56,11 +55,7 @@ async fn client(port: u16) -> CorsPolicyClient<tonic::transport::Channel> {
 async fn allows(port: u16, origin: &str) -> bool {
     let answer = client(port)
         .await
-        .check_origin(CheckOriginRequest {
-            origin: Some(origin.to_owned()),
-            method: "GET".into(),
-            ..Default::default()
-        })
+        .check_origin(crate::common::serve::get_request(origin))
         .await
         .unwrap()
         .into_inner();

@@ -227,7 +227,6 @@ async fn sighup_reloads_and_environment_configures() {
 /// exits 0 once the delay has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_before_it_stops_accepting() {
-    use corsd::grpc::pb::CheckOriginRequest;
     let dir = tempfile::tempdir().unwrap();
     let policy = write_file(dir.path(), "p.toml", "[[entries]]\norigin = \"https://a.example\"\n");
     let mut corsd = Corsd::spawn(Command::new(BIN).args([
@@ -266,11 +265,7 @@ async fn sigterm_drains_before_it_stops_accepting() {
     // A balancer that has not noticed yet opens a new connection: answered.
     let mut late = CorsPolicyClient::new(corsd.channel().await);
     let answer = late
-        .check_origin(CheckOriginRequest {
-            origin: Some("https://a.example".into()),
-            method: "GET".into(),
-            ..Default::default()
-        })
+        .check_origin(crate::common::serve::get_request("https://a.example"))
         .await
         .unwrap()
         .into_inner();

@@ -354,11 +354,7 @@ async fn oversized_messages_are_refused_without_harm() {
     };
     let refused = client.check_origin(huge).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    let fine = CheckOriginRequest {
-        origin: Some("https://a.example".into()),
-        method: "GET".into(),
-        ..Default::default()
-    };
+    let fine = crate::common::serve::get_request("https://a.example");
     let answer = client.check_origin(fine).await.unwrap().into_inner();
     assert_eq!(answer.verdict, Verdict::Allow as i32);
     // A hostile but legal-size header list is a decision, not an error.

@@ -146,11 +146,7 @@ async fn serves_on_a_unix_socket() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
     let answer = corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(channel)
-        .check_origin(corsd::grpc::pb::CheckOriginRequest {
-            origin: Some("https://a.example".into()),
-            method: "GET".into(),
-            ..Default::default()
-        })
+        .check_origin(crate::common::serve::get_request("https://a.example"))
         .await
         .unwrap()
         .into_inner();
@@ -252,11 +248,7 @@ async fn admin_calls_need_the_token() {
     assert_eq!(client.list_tenants(tenants).await.unwrap().into_inner().total_size, 1);
     // Decisions stay open.
     let answer = client
-        .check_origin(corsd::grpc::pb::CheckOriginRequest {
-            origin: Some("https://a.example".into()),
-            method: "GET".into(),
-            ..Default::default()
-        })
+        .check_origin(crate::common::serve::get_request("https://a.example"))
         .await
         .unwrap()
         .into_inner();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
-use corsd::grpc::pb::{ListEntriesRequest, ListEntriesResponse};
+use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, ListEntriesResponse};
 use corsd::store::PolicyStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -107,5 +107,14 @@ pub async fn wait_for(
             response.policy
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A plain cross-origin GET from `origin`, to a target the gateway did not describe.
+pub fn get_request(origin: impl Into<String>) -> CheckOriginRequest {
+    CheckOriginRequest {
+        origin: Some(origin.into()),
+        method: "GET".into(),
+        ..Default::default()
     }
 }
