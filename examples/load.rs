@@ -87,6 +87,10 @@ struct Args {
     /// Prometheus metrics against one that is not, A/B/B/A.
     #[arg(long)]
     metrics_only: bool,
+    /// Only the TLS comparison: CheckOrigin on a server serving mTLS against
+    /// one serving plaintext, A/B/B/A, handshakes excluded.
+    #[arg(long)]
+    tls_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -464,6 +468,43 @@ fn total_cpu(phases: &[Phase]) -> f64 {
         / phases.iter().map(|p| p.calls).sum::<u64>().max(1) as f64
 }
 
+/// A server under test and the channels to it.
+struct Side<'a> {
+    name: &'a str,
+    server: &'a Server,
+    channels: &'a [Channel],
+}
+
+/// CheckOrigin throughput on two servers, A/B/B/A; returns (a, b) phases.
+async fn two_servers(args: &Args, work: &Arc<Workload>, a: &Side<'_>, b: &Side<'_>) -> (Vec<Phase>, Vec<Phase>) {
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        for side in [a, b, b, a] {
+            let phase = throughput(
+                side.server,
+                side.channels,
+                Kind::CheckOrigin,
+                args.phase_secs,
+                args.concurrency,
+                work,
+            )
+            .await;
+            println!(
+                "  {:<12} {:>9.0} calls/s  {:>6.2} us CPU/call",
+                side.name,
+                phase.rate(),
+                cpu_per_call(&phase)
+            );
+            if std::ptr::eq(side, a) {
+                pa.push(phase)
+            } else {
+                pb.push(phase)
+            }
+        }
+    }
+    (pa, pb)
+}
+
 /// CheckOrigin throughput on `server` (no metrics) against a second server
 /// on the same policy counting into Prometheus metrics (`--metrics-listen`),
 /// A/B/B/A; returns metrics-on / metrics-off.
@@ -471,28 +512,103 @@ async fn metrics_cost(args: &Args, policy: &Path, server: &Server, channels: &[C
     let counted = Server::start_with(&args.corsd, policy, &["--metrics-listen", "127.0.0.1:0"]);
     let counted_channels = connect(&counted.addr, args.connections).await;
     println!("\nthroughput, CheckOrigin with metrics on against metrics off, two servers (A/B/B/A):");
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
-        for with_metrics in [false, true, true, false] {
-            let (s, c) = if with_metrics {
-                (&counted, &counted_channels[..])
-            } else {
-                (server, channels)
-            };
-            let phase = throughput(s, c, Kind::CheckOrigin, args.phase_secs, args.concurrency, work).await;
-            println!(
-                "  metrics {:<4} {:>9.0} calls/s  {:>6.2} us CPU/call",
-                if with_metrics { "on" } else { "off" },
-                phase.rate(),
-                cpu_per_call(&phase)
-            );
-            if with_metrics { on.push(phase) } else { off.push(phase) }
-        }
-    }
+    let (off, on) = two_servers(
+        args,
+        work,
+        &Side {
+            name: "metrics off",
+            server,
+            channels,
+        },
+        &Side {
+            name: "metrics on",
+            server: &counted,
+            channels: &counted_channels,
+        },
+    )
+    .await;
     let ratio = total_rate(&on) / total_rate(&off);
     println!(
         "  metrics on / off: throughput {ratio:.3} (goal >= 0.97), server CPU per call {:.3}",
         total_cpu(&off) / total_cpu(&on)
+    );
+    ratio
+}
+
+/// CheckOrigin throughput on `server` (plaintext) against a second server on
+/// the same policy serving mTLS (`--tls-cert`, `--tls-key`,
+/// `--tls-client-ca`, certificates made here), A/B/B/A, over connections
+/// opened before the phases (handshakes excluded); returns TLS / plaintext.
+async fn tls_cost(args: &Args, policy: &Path, server: &Server, channels: &[Channel], work: &Arc<Workload>) -> f64 {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (server_cert, server_key) = leaf("corsd.internal");
+    let (client_cert, client_key) = leaf("envoy.internal");
+    let flags = [
+        "--tls-cert".to_owned(),
+        write("corsd.crt", &server_cert),
+        "--tls-key".to_owned(),
+        write("corsd.key", &server_key),
+        "--tls-client-ca".to_owned(),
+        write("ca.crt", &ca_pem),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tls_server = Server::start_with(&args.corsd, policy, &flags);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+        .identity(tonic::transport::Identity::from_pem(&client_cert, &client_key))
+        .domain_name("corsd.internal");
+    let mut tls_channels = Vec::new();
+    for _ in 0..args.connections {
+        tls_channels.push(
+            Endpoint::from_shared(format!("https://{}", tls_server.addr))
+                .unwrap()
+                .tls_config(tls.clone())
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    println!("\nthroughput, CheckOrigin over mTLS against plaintext, two servers (A/B/B/A, handshakes excluded):");
+    let (plain, over_tls) = two_servers(
+        args,
+        work,
+        &Side {
+            name: "plaintext",
+            server,
+            channels,
+        },
+        &Side {
+            name: "mTLS",
+            server: &tls_server,
+            channels: &tls_channels,
+        },
+    )
+    .await;
+    let ratio = total_rate(&over_tls) / total_rate(&plain);
+    println!(
+        "  mTLS / plaintext: throughput {ratio:.3}, server CPU per call {:.3} (plaintext / mTLS)",
+        total_cpu(&plain) / total_cpu(&over_tls)
     );
     ratio
 }
@@ -619,7 +735,11 @@ async fn null_authz(listen: std::net::SocketAddr, static_headers: Option<String>
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(AuthorizationServer::new(Null(static_headers)))
-        .serve_with_incoming(corsd::listen::incoming(listener))
+        .serve_with_incoming(corsd::listen::accept(
+            corsd::listen::Listener::Tcp(listener),
+            None,
+            usize::MAX,
+        ))
         .await
         .unwrap();
 }
@@ -650,6 +770,10 @@ async fn main() {
         args.phase_secs
     );
 
+    if args.tls_only {
+        tls_cost(&args, &path, &server, &channels, &work).await;
+        return;
+    }
     let metrics_ratio = metrics_cost(&args, &path, &server, &channels, &work).await;
     if args.metrics_only {
         return;

@@ -14,3 +14,4 @@ pub mod policy_file;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod tls;

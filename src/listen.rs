@@ -4,7 +4,9 @@
 //!
 //! tonic's own `tcp_nodelay` and `tcp_keepalive` apply only to listeners it
 //! binds itself, not to a stream of connections handed to
-//! `serve_with_incoming*`; corsd sets both here, on every connection.
+//! `serve_with_incoming*`; corsd sets both here, on every connection, and
+//! also counts connections against `--max-connections` and does the TLS
+//! handshakes ([`accept`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -12,10 +14,22 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::CertificateDer;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
-use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
-use tracing::debug;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+use crate::tls::{self, TlsConfig};
 
 /// Idle time before the first keepalive probe.
 pub const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
@@ -23,18 +37,6 @@ pub const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the connection is dropped.
 pub const KEEPALIVE_RETRIES: u32 = 3;
-
-/// The connections `listener` accepts, each with `TCP_NODELAY` and keepalive set.
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(e) = configure(stream) {
-                // The peer may already be gone; the connection fails on its own then.
-                debug!("cannot set TCP options on an accepted connection: {e}");
-            }
-        })
-    })
-}
 
 /// Sets `TCP_NODELAY` and keepalive on one connection.
 pub fn configure(stream: &TcpStream) -> std::io::Result<()> {
@@ -144,6 +146,207 @@ impl Listener {
                 .local_addr()
                 .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string()),
             Listener::Unix(_, file) => format!("unix:{}", file.0.display()),
+        }
+    }
+}
+
+/// One accepted connection, plain or TLS, holding its place among
+/// `--max-connections` until it closes.
+pub struct Connection {
+    io: Io,
+    info: ConnectionInfo,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    TlsTcp(Box<TlsStream<TcpStream>>),
+    TlsUnix(Box<TlsStream<UnixStream>>),
+}
+
+/// What a call knows of its connection (a request extension).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The peer's address, for TCP.
+    pub remote: Option<SocketAddr>,
+    /// The certificate the client presented over mTLS (its own first).
+    pub client_certs: Option<Arc<[CertificateDer<'static>]>>,
+}
+
+impl Connected for Connection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+macro_rules! each_io {
+    ($self:ident, $io:ident => $body:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Tcp($io) => $body,
+            Io::Unix($io) => $body,
+            Io::TlsTcp($io) => $body,
+            Io::TlsUnix($io) => $body,
+        }
+    };
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        each_io!(self, io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        each_io!(self, io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each_io!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Unix(io) => io.is_write_vectored(),
+            Io::TlsTcp(io) => io.is_write_vectored(),
+            Io::TlsUnix(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_io!(self, io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_io!(self, io => Pin::new(io).poll_shutdown(cx))
+    }
+}
+
+/// Accepts connections on `listener` until the returned stream is dropped:
+/// at most `max_connections` open at once (one more is closed at once, so
+/// its client can try another replica), each TLS handshake done on its own
+/// task within [`tls::HANDSHAKE_TIMEOUT`], so a slow client holds up no
+/// other. Accept errors (out of file descriptors) are logged and retried.
+pub fn accept(
+    listener: Listener,
+    tls: Option<Arc<TlsConfig>>,
+    max_connections: usize,
+) -> impl Stream<Item = std::io::Result<Connection>> {
+    let (send, receive) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    tokio::spawn(async move {
+        let mut refused = Refusals::default();
+        // The listener (and a Unix socket's file) lives as long as this loop.
+        let listener = listener;
+        loop {
+            let accepted = tokio::select! {
+                () = send.closed() => return,
+                accepted = accept_one(&listener) => accepted,
+            };
+            let (io, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("cannot accept a connection: {e}; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                refused.note(max_connections);
+                drop(io);
+                continue;
+            };
+            let info = ConnectionInfo {
+                remote,
+                client_certs: None,
+            };
+            match &tls {
+                None => {
+                    let connection = Connection { io, info, _slot: slot };
+                    if send.send(Ok(connection)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = TlsAcceptor::from(tls.current());
+                    let send = send.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake(acceptor, io, info)).await {
+                            Ok(Ok((io, info))) => {
+                                let _ = send.send(Ok(Connection { io, info, _slot: slot })).await;
+                            }
+                            Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
+                            Err(_) => debug!("TLS handshake not done within {:?}", tls::HANDSHAKE_TIMEOUT),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receive)
+}
+
+async fn accept_one(listener: &Listener) -> std::io::Result<(Io, Option<SocketAddr>)> {
+    match listener {
+        Listener::Tcp(tcp) => {
+            let (stream, remote) = tcp.accept().await?;
+            if let Err(e) = configure(&stream) {
+                // The peer may already be gone; the connection fails on its own then.
+                debug!("cannot set TCP options on an accepted connection: {e}");
+            }
+            Ok((Io::Tcp(stream), Some(remote)))
+        }
+        Listener::Unix(unix, _) => Ok((Io::Unix(unix.accept().await?.0), None)),
+    }
+}
+
+async fn handshake(acceptor: TlsAcceptor, io: Io, mut info: ConnectionInfo) -> std::io::Result<(Io, ConnectionInfo)> {
+    let peer = |certs: Option<&[CertificateDer<'static>]>| certs.map(Arc::from);
+    let io = match io {
+        Io::Tcp(tcp) => {
+            let tls = acceptor.accept(tcp).await?;
+            info.client_certs = peer(tls.get_ref().1.peer_certificates());
+            Io::TlsTcp(Box::new(tls))
+        }
+        Io::Unix(unix) => {
+            let tls = acceptor.accept(unix).await?;
+            info.client_certs = peer(tls.get_ref().1.peer_certificates());
+            Io::TlsUnix(Box::new(tls))
+        }
+        tls @ (Io::TlsTcp(_) | Io::TlsUnix(_)) => tls,
+    };
+    Ok((io, info))
+}
+
+/// Connections closed for want of a slot, logged at most every ten seconds.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    logged: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.count += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+        {
+            warn!(
+                refused = self.count,
+                "{max_connections} connections are open (--max-connections): closing new ones"
+            );
+            self.logged = Some(now);
+            self.count = 0;
         }
     }
 }

@@ -39,8 +39,12 @@ pub enum Policies {
 pub struct ServeConfig {
     /// The gRPC address: TCP, or a Unix socket.
     pub listen: crate::listen::ListenAddr,
+    /// TLS for the gRPC port (mTLS with a client CA); plaintext when `None`.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// A file holding the bearer token that admin calls must present.
     pub admin_token_file: Option<PathBuf>,
+    /// Client certificate SANs that admit admin calls (with mTLS).
+    pub admin_sans: Vec<String>,
     /// What one client may ask.
     pub limits: grpc::Limits,
     /// Worker threads of the runtime.
@@ -124,11 +128,23 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         }
     };
     let addr = listener.local_addr();
-    if !args.listen.is_local() && args.admin_token_file.is_none() {
+    let tls = match args.tls.clone().map(crate::tls::TlsConfig::load).transpose() {
+        Ok(tls) => tls,
+        Err(why) => {
+            error!("cannot serve TLS: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(tls) = &tls {
+        tls.watch();
+    }
+    raise_open_files_limit(args.limits.max_connections);
+    let admin = grpc::admin::AdminGate::new(args.admin_token_file.clone(), args.admin_sans.clone());
+    if !args.listen.is_local() && admin.is_open() {
         warn!(
             addr = %addr,
             "ListEntries and ListTenants are open to every client that reaches this address: \
-             restrict them with --admin-token-file"
+             restrict them with --admin-san or --admin-token-file"
         );
     }
     let watching = match known {
@@ -161,6 +177,11 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     info!(
         addr = %addr,
         policy = %source.display(),
+        tls = match &args.tls {
+            None => "off",
+            Some(files) if files.client_ca.is_some() => "mutual",
+            Some(_) => "on",
+        },
         version,
         tenants = tenant_count,
         entries,
@@ -202,11 +223,8 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     }
     let denials_at_exit = denials.clone();
     let path = grpc::decision::DecisionPath::with_metrics(store, metrics).logging_denials(denials);
-    let admin = match &args.admin_token_file {
-        Some(file) => grpc::admin::AdminGate::token_file(file.clone()),
-        None => grpc::admin::AdminGate::open(),
-    };
     let options = grpc::ServeOptions {
+        tls,
         admin,
         limits: args.limits.clone(),
     };
@@ -258,6 +276,21 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     // Every denial is either a line or counted as dropped, to the end.
     flush_denials();
     code
+}
+
+/// Raises the soft limit on open files toward the hard one, so that
+/// `max_connections` connections fit; warns when they cannot.
+fn raise_open_files_limit(max_connections: usize) {
+    // Room for the policy files, the watcher, metrics and logs besides.
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(64);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => warn!(
+            open_files = got,
+            max_connections, "the open files limit is below --max-connections; accepts will fail before it"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
 }
 
 type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, tokio::task::JoinError>;

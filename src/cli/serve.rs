@@ -26,6 +26,26 @@ pub(super) struct ServeArgs {
     /// Address to listen on: HOST:PORT, or unix:PATH for a Unix socket (mode 0660).
     #[arg(long, env = "CORSD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: ListenAddr,
+    /// Serve TLS 1.2/1.3 with this PEM certificate chain (with --tls-key);
+    /// reloaded when it changes.
+    #[arg(long, env = "CORSD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert; reloaded when it changes.
+    #[arg(long, env = "CORSD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to this PEM CA (mTLS); reloaded
+    /// when it changes.
+    #[arg(long, env = "CORSD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Admit admin calls (ListEntries, ListTenants) from clients whose
+    /// certificate has this DNS or URI SAN (repeatable; needs --tls-client-ca).
+    #[arg(
+        long = "admin-san",
+        env = "CORSD_ADMIN_SANS",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    admin_sans: Vec<String>,
     /// Admin calls (ListEntries, ListTenants) must present
     /// `authorization: Bearer TOKEN` with the token in this file (re-read on
     /// change, surrounding whitespace ignored) [default: open].
@@ -63,6 +83,9 @@ pub(super) struct ServeArgs {
     /// How long a ping may go unanswered before the connection is closed.
     #[arg(long, env = "CORSD_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     keepalive_timeout: Duration,
+    /// Connections open at once; more are closed as soon as accepted.
+    #[arg(long, env = "CORSD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
     /// Bytes of one request message; larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "CORSD_MAX_MESSAGE_SIZE", default_value_t = crate::grpc::MAX_MESSAGE_BYTES)]
     max_message_size: usize,
@@ -107,13 +130,20 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         .map_or(1, NonZeroUsize::get);
     let config = ServeConfig {
         listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| crate::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
         admin_token_file: args.admin_token_file,
+        admin_sans: args.admin_sans,
         limits: crate::grpc::Limits {
             max_concurrent_streams: args.max_concurrent_streams,
             max_header_list_size: args.max_header_list_size,
             keepalive_interval: args.keepalive_interval,
             keepalive_timeout: args.keepalive_timeout,
             max_message_bytes: args.max_message_size,
+            max_connections: args.max_connections,
         },
         workers,
         metrics_listen: args.metrics_listen,

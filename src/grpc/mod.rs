@@ -62,6 +62,8 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Bytes of one request message; larger ones are RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
+    /// Connections open at once; one more is closed as soon as accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -72,13 +74,16 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             max_message_bytes: MAX_MESSAGE_BYTES,
+            max_connections: 10_000,
         }
     }
 }
 
-/// How the server is run besides its decisions: admin access and limits.
+/// How the server is run besides its decisions: TLS, admin access and limits.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
+    /// TLS (and mTLS) for the port; plaintext when `None`.
+    pub tls: Option<Arc<crate::tls::TlsConfig>>,
     /// Who may make admin calls.
     pub admin: admin::AdminGate,
     /// What one client may ask.
@@ -100,7 +105,7 @@ pub type Health<H> = (HealthReporter, tonic_health::pb::health_server::HealthSer
 
 /// Serves every corsd service on `listener` until `shutdown` completes, then
 /// stops accepting and finishes the calls in flight. Every accepted
-/// connection gets `TCP_NODELAY` and keepalive ([`listen::incoming`]).
+/// connection gets `TCP_NODELAY` and keepalive ([`listen::accept`]).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<PolicyStore>,
@@ -118,7 +123,7 @@ pub async fn serve(
 }
 
 /// [`serve`], deciding along `path` (which may count into metrics), with
-/// `options` (admin access, limits), on a TCP or Unix listener.
+/// `options` (TLS, admin access, limits), on a TCP or Unix listener.
 pub async fn serve_counted(
     listener: listen::Listener,
     path: DecisionPath,
@@ -157,18 +162,7 @@ pub async fn serve_counted(
         .add_service(authz)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    match listener {
-        listen::Listener::Tcp(tcp) => {
-            router
-                .serve_with_incoming_shutdown(listen::incoming(tcp), shutdown)
-                .await?
-        }
-        // The socket's file goes when serving ends.
-        listen::Listener::Unix(unix, _file) => {
-            router
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(unix), shutdown)
-                .await?
-        }
-    }
+    let incoming = listen::accept(listener, options.tls, limits.max_connections);
+    router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

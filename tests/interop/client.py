@@ -4,28 +4,15 @@ server; prints one line per check and exits non-zero on the first failure.
 
 usage: client.py ADDR POLICY_FILE OUT_DIR
 """
-import os
-import subprocess
 import sys
 import time
 
+import grpc
+
+from stubs import check, compile_stubs
+
 addr, policy_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
-proto_dir = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
-subprocess.run(
-    [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out}",
-     f"--grpc_python_out={out}", "corsd/v1/corsd.proto"],
-    check=True,
-)
-sys.path.insert(0, out)
-
-import grpc  # noqa: E402
-from corsd.v1 import corsd_pb2 as pb, corsd_pb2_grpc as rpc  # noqa: E402
-
-
-def check(what, ok, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        sys.exit(1)
+pb, rpc = compile_stubs(out)
 
 
 stub = rpc.CorsPolicyStub(grpc.insecure_channel(addr))

@@ -43,26 +43,63 @@ async fn a_python_client_built_with_stock_protoc() {
     std::fs::write(&policy, POLICY).unwrap();
     let server = TestServer::start_with_file(&policy).await;
     corsd::reload::spawn(policy.clone(), server.store.clone()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/client.py");
-    let (addr, policy_arg, out_dir) = (server.addr.to_string(), policy.clone(), dir.path().to_path_buf());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(addr)
-            .arg(policy_arg)
-            .arg(out_dir)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let args = [
+        server.addr.to_string(),
+        policy.display().to_string(),
+        dir.path().display().to_string(),
+    ];
+    let stdout = tokio::task::spawn_blocking(move || run_client("client.py", &args))
+        .await
+        .unwrap();
+    assert!(stdout.lines().count() >= 15, "{stdout}");
+    server.stop().await;
+}
+
+/// The same client library over mTLS: Python's grpcio (BoringSSL, so ALPN
+/// `h2` is required of corsd) with the certificates `scripts/make-test-ca`
+/// makes, against a `corsd serve` process with an admin SAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_over_mtls() {
+    if !python_with_grpc_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pki) = crate::common::pki::from_script(dir.path()) else {
+        return;
+    };
+    let policy = crate::common::write_file(
+        dir.path(),
+        "p.toml",
+        "[[entries]]\norigin = \"https://app.example.org\"\n",
+    );
+    let mut flags = crate::common::pki::script_flags(&pki);
+    flags.extend(["--admin-san".to_owned(), "admin.corsd.internal".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let corsd = crate::common::process::Corsd::start(Path::new(&policy), &flags, dir.path());
+    let args = [
+        format!("127.0.0.1:{}", corsd.port),
+        pki.display().to_string(),
+        dir.path().display().to_string(),
+    ];
+    let stdout = tokio::task::spawn_blocking(move || run_client("mtls_client.py", &args))
+        .await
+        .unwrap();
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 5, "{stdout}");
+}
+
+/// Runs `tests/interop/SCRIPT ARGS`, checks it succeeded and returns its output.
+fn run_client(script: &str, args: &[String]) -> String {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}");
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.lines().count() >= 15, "{stdout}");
-    server.stop().await;
+    stdout
 }

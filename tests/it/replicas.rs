@@ -99,6 +99,7 @@ async fn healthy_hosts(envoy: &Envoy, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_lose_no_request_through_restarts_and_a_crash() {
     let Some(binary) = envoy_binary() else { return };
+    let _alone = crate::common::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, format!("[[entries]]\norigin = \"{ORIGIN}\"\n")).unwrap();

@@ -8,7 +8,6 @@ use std::os::fd::{BorrowedFd, RawFd};
 use common::serve::TestServer;
 use corsd::store::PolicyStore;
 use socket2::SockRef;
-use tokio_stream::StreamExt;
 
 use crate::common;
 
@@ -82,27 +81,6 @@ async fn the_server_sets_nodelay_and_keepalive_on_every_connection() {
         drop(client);
     }
     server.stop().await;
-}
-
-#[tokio::test]
-async fn incoming_sets_the_options_before_yielding_a_connection() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = std::pin::pin!(corsd::listen::incoming(listener));
-    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let accepted = incoming.next().await.unwrap().unwrap();
-    assert!(accepted.nodelay().unwrap());
-    let socket = SockRef::from(&accepted);
-    assert!(socket.keepalive().unwrap());
-    assert_eq!(socket.tcp_keepalive_time().unwrap(), corsd::listen::KEEPALIVE_TIME);
-    assert_eq!(
-        socket.tcp_keepalive_interval().unwrap(),
-        corsd::listen::KEEPALIVE_INTERVAL
-    );
-    assert_eq!(
-        socket.tcp_keepalive_retries().unwrap(),
-        corsd::listen::KEEPALIVE_RETRIES
-    );
 }
 
 /// `--listen unix:PATH`: a stale socket file is replaced, the socket is mode
@@ -280,6 +258,7 @@ async fn limits_are_flags_that_hold() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for (flag, default) in [
+        ("--max-connections", "10000"),
         ("--max-concurrent-streams", "256"),
         ("--max-header-list-size", "16384"),
         ("--keepalive-interval", "30s"),

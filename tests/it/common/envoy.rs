@@ -50,6 +50,11 @@ impl Envoy {
     /// Starts Envoy on the shipped `deploy/envoy/NAME` with each
     /// `port_value` in `ports` rewritten (the listener and admin ports too).
     pub async fn start_ports(binary: &Path, name: &str, ports: &[(u16, u16)]) -> Envoy {
+        Envoy::start_rewritten(binary, name, ports, &[]).await
+    }
+
+    /// [`Envoy::start_ports`], with each `(from, to)` text of `texts` replaced too.
+    pub async fn start_rewritten(binary: &Path, name: &str, ports: &[(u16, u16)], texts: &[(&str, &str)]) -> Envoy {
         let shipped =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(name)).unwrap();
         let (port, admin_port) = (free_port(), free_port());
@@ -59,6 +64,9 @@ impl Envoy {
         for (from, to) in ports {
             config = config.replace(&format!("port_value: {from} "), &format!("port_value: {to} "));
             config = config.replace(&format!("port_value: {from}\n"), &format!("port_value: {to}\n"));
+        }
+        for (from, to) in texts {
+            config = config.replace(from, to);
         }
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("envoy.yaml");

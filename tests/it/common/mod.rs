@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod envoy;
+pub mod pki;
+pub mod process;
 pub mod serve;
 
 use serde::Deserialize;
@@ -249,4 +251,12 @@ pub fn replay(mut answer: impl FnMut(&Case, &Resolved, &str) -> Option<Outcome>)
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Tests that load the machine (floods) or that time failures under load
+/// (replicas behind Envoy) take this, so they never run at the same time;
+/// the rest run beside them.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
 }
