@@ -1,7 +1,7 @@
 //! Code generation only: compiles `proto/corsd/v1/corsd.proto` with `protox`
 //! (no system `protoc`) and keeps the file descriptor set for gRPC reflection,
-//! beside the part of `envoy-types`' own descriptor set that describes Envoy's
-//! `Authorization` service.
+//! beside the parts of `envoy-types`' own descriptor set that describe Envoy's
+//! `Authorization` service and the filters native mode writes out.
 //!
 //! Two passes:
 //! - `pb`: corsd's messages and its client, as the proto declares them.
@@ -19,6 +19,17 @@ use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 /// The file that declares Envoy's ext_authz service.
 const ENVOY_AUTHZ_PROTO: &str = "envoy/service/auth/v3/external_auth.proto";
+
+/// The files of every message native mode writes out as JSON or YAML
+/// (`corsd envoy-config`), the types its `Any` fields hold included.
+const ENVOY_NATIVE_PROTOS: [&str; 6] = [
+    "envoy/extensions/filters/http/rbac/v3/rbac.proto",
+    "envoy/extensions/filters/http/cors/v3/cors.proto",
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/type/matcher/v3/http_inputs.proto",
+    "envoy/config/rbac/v3/rbac.proto",
+    "envoy/config/core/v3/extension.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/corsd/v1/corsd.proto";
@@ -41,8 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file.message_type.clear();
         file.enum_type.clear();
     }
-    let envoy = envoy_authz_descriptors()?;
+    let envoy = envoy_descriptors(&[ENVOY_AUTHZ_PROTO])?;
     std::fs::write(out_dir.join("envoy_authz_descriptor.bin"), envoy.encode_to_vec())?;
+    let native = envoy_descriptors(&ENVOY_NATIVE_PROTOS)?;
+    std::fs::write(out_dir.join("envoy_native_descriptor.bin"), native.encode_to_vec())?;
     let mut authorization = envoy
         .file
         .iter()
@@ -67,9 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `external_auth.proto` and every file it imports, taken from the
-/// descriptor set the `envoy-types` package ships (`src/generated/types.bin`).
-fn envoy_authz_descriptors() -> Result<FileDescriptorSet, Box<dyn std::error::Error>> {
+/// `roots` and every file they import, taken from the descriptor set the
+/// `envoy-types` package ships (`src/generated/types.bin`).
+fn envoy_descriptors(roots: &[&str]) -> Result<FileDescriptorSet, Box<dyn std::error::Error>> {
     let dir = envoy_types_dir()?;
     let bin = dir.join("src/generated/types.bin");
     println!("cargo:rerun-if-changed={}", bin.display());
@@ -78,7 +91,7 @@ fn envoy_authz_descriptors() -> Result<FileDescriptorSet, Box<dyn std::error::Er
     // Dependencies first, as a descriptor set lists them.
     let mut wanted = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut stack = vec![(ENVOY_AUTHZ_PROTO, false)];
+    let mut stack: Vec<(&str, bool)> = roots.iter().map(|r| (*r, false)).collect();
     while let Some((name, expanded)) = stack.pop() {
         if expanded {
             wanted.push(name);

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The Envoy path, measured: one Envoy process, four listeners that forward the
+# The Envoy path, measured: one Envoy process, six listeners that forward the
 # same request (an allowed cross-origin GET) to a fifth listener that answers
 # with a direct response (Envoy's CORS filter needs a routed request):
 #   none    no CORS at all (the floor of the proxy)
 #   native  Envoy's own CORS filter with an equivalent policy
+#   rbac    corsd's native mode: the RBAC and CORS filters `corsd envoy-config`
+#           compiles from the policy, in-process (what `corsd serve --xds`
+#           serves)
 #   corsd   ext_authz to corsd (the shipped configuration's filter)
 #   null    ext_authz to a server that decides nothing and adds no header
 #   static  ext_authz to a server that decides nothing but answers with the
 #           same headers and dynamic_metadata corsd adds, fixed (the floor
 #           with Envoy's work on them)
-# driven by wrk, interleaved none/native/corsd/null then in reverse, ROUNDS
+# driven by wrk, interleaved none/native/rbac/corsd/null/static then in reverse, ROUNDS
 # times. Every response is checked: wrk's non-2xx count must be zero, and each
 # listener is probed once for the CORS header it must (or must not) send.
 #
@@ -41,7 +44,7 @@ trap cleanup EXIT
 [[ -n "${KEEP:-}" ]] && trap "for p in \"\${pids[@]}\"; do kill \$p; done; echo kept \$work" EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-p_none=$(free_port); p_native=$(free_port); p_corsd=$(free_port); p_null=$(free_port); p_static=$(free_port)
+p_none=$(free_port); p_native=$(free_port); p_rbac=$(free_port); p_corsd=$(free_port); p_null=$(free_port); p_static=$(free_port)
 p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_static_grpc=$(free_port); p_admin=$(free_port); p_up=$(free_port)
 
 # The policy: ENTRIES exact origins; the request's origin is the middle one.
@@ -62,6 +65,13 @@ pids+=($!)
 
 for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && grep -q listening "$work/static.log" && break; sleep 0.1; done
 grep -q "corsd listening" "$work/corsd.log" || { echo "corsd did not start:" >&2; cat "$work/corsd.log" >&2; exit 1; }
+
+# Native mode: the filters and the virtual host's CORS policy as corsd compiles them.
+target/release/corsd envoy-config --policy "$work/policy.toml" > "$work/fragment.json"
+rbac_filters=$(python3 -c 'import json,sys
+for f in json.load(open(sys.argv[1]))["http_filters"]: print("          - " + json.dumps(f))' "$work/fragment.json")
+rbac_vhost=$(python3 -c 'import json,sys
+print("              typed_per_filter_config: " + json.dumps(json.load(open(sys.argv[1]))["typed_per_filter_config"]))' "$work/fragment.json")
 
 matchers=$(for ((i = 0; i < entries; i++)); do printf '                  - exact: "https://app-%d.example.com"\n' "$i"; done)
 
@@ -120,6 +130,7 @@ $(echo "$matchers" | sed 's/^/  /')
                   max_age: "600"
 NATIVE
 )
+$( [[ $1 == rbac ]] && echo "$rbac_vhost" )
           http_filters:
 $3
           - name: envoy.filters.http.router
@@ -159,6 +170,7 @@ native_filter='          - name: envoy.filters.http.cors
   echo "  listeners:"
   listener none "$p_none" ""
   listener native "$p_native" "$native_filter"
+  listener rbac "$p_rbac" "$rbac_filters"
   listener corsd "$p_corsd" "$(authz corsd)"
   listener null "$p_null" "$(authz noop_authz)"
   listener static "$p_static" "$(authz static_authz)"
@@ -181,12 +193,12 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p_admin/ready" >/dev/null 2>
 
 path=/services/data/v60.0/query
 echo "Envoy $("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*'), $entries-entry policy, wrk 1 thread x $conns connections, ${secs}s runs, origin $origin"
-for name in none native corsd null static; do
+for name in none native rbac corsd null static; do
   port_var="p_$name"
   probe=$(curl -s -D - -o /dev/null -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path" | tr -d '\r')
   acao=$(grep -i '^access-control-allow-origin:' <<<"$probe" | cut -d' ' -f2 || true)
   case $name in
-    native|corsd|static) [[ $acao == "$origin" ]] || { echo "$name: no Access-Control-Allow-Origin:" >&2; echo "$probe" >&2; exit 1; } ;;
+    native|rbac|corsd|static) [[ $acao == "$origin" ]] || { echo "$name: no Access-Control-Allow-Origin:" >&2; echo "$probe" >&2; exit 1; } ;;
     *) [[ -z $acao ]] || { echo "$name: unexpected Access-Control-Allow-Origin" >&2; exit 1; } ;;
   esac
 done
@@ -217,9 +229,11 @@ for layout in $layouts; do
   esac
   total=()
   for ((r = 0; r < rounds; r++)); do
-    for name in none native corsd null static static null corsd native none; do run "$name"; done
+    for name in none native rbac corsd null static static null corsd rbac native none; do run "$name"; done
   done
   echo "summary ($layout):"
+  echo "  rbac / native CORS filter    $(ratio rbac native)  (native mode; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
+  echo "  rbac / corsd ext_authz       $(ratio rbac corsd)"
   echo "  corsd / native CORS filter   $(ratio corsd native)  (goal >= 0.65)"
   echo "  corsd / null ext_authz       $(ratio corsd null)  (goal >= 0.95: the decision adds <= 5%)"
   echo "  corsd / static ext_authz     $(ratio corsd static)  (the same, with Envoy adding the same headers)"

@@ -9,6 +9,7 @@ pub mod core;
 pub mod grpc;
 pub mod listen;
 pub mod memory;
+pub mod native;
 pub mod observe;
 pub mod policy_file;
 pub mod reload;

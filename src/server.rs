@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub admin_sans: Vec<String>,
     /// What one client may ask.
     pub limits: grpc::Limits,
+    /// Also serve ECDS with the native-mode RBAC filters.
+    pub xds: bool,
     /// Worker threads of the runtime.
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
@@ -101,6 +103,7 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
+    let mut termination = Termination::listen();
     let (source, store, known) = match policies {
         Policies::File(path, policy) => (path, PolicyStore::new(*policy), None),
         Policies::Dir(dir, tenants) => {
@@ -186,6 +189,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         tenants = tenant_count,
         entries,
         workers = args.workers,
+        xds = args.xds,
         "corsd listening"
     );
     let ready = Arc::new(AtomicBool::new(false));
@@ -227,6 +231,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         tls,
         admin,
         limits: args.limits.clone(),
+        xds: args.xds,
     };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,
@@ -237,7 +242,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     ));
     ready.store(true, Ordering::Relaxed);
     tokio::select! {
-        () = wait_for_termination() => {}
+        () = termination.next() => {}
         ended = &mut server => return server_ended(ended),
     }
     // Balancers stop sending once they see NOT_SERVING; until the drain
@@ -250,7 +255,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     grpc::set_health(&reporter, ServingStatus::NotServing).await;
     tokio::select! {
         () = tokio::time::sleep(args.drain_delay) => {}
-        () = wait_for_termination() => info!("second signal: ending the drain now"),
+        () = termination.next() => info!("second signal: ending the drain now"),
         ended = &mut server => return server_ended(ended),
     }
     info!(
@@ -312,17 +317,41 @@ fn server_ended(ended: Served) -> ExitCode {
     }
 }
 
-async fn wait_for_termination() {
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM and SIGINT, listened for from start-up on: a signal that comes
+/// before the server is up is not lost to the default action.
+struct Termination {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Termination {
+    fn listen() -> Self {
+        let listen = |kind| match signal(kind) {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                warn!("cannot listen for a signal: {e}");
+                None
             }
-            Err(_) => std::future::pending().await,
+        };
+        Termination {
+            terminate: listen(SignalKind::terminate()),
+            interrupt: listen(SignalKind::interrupt()),
         }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        async fn one(signals: &mut Option<tokio::signal::unix::Signal>) {
+            match signals {
+                Some(signals) => {
+                    signals.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.terminate) => {}
+            () = one(&mut self.interrupt) => {}
+        }
     }
 }

@@ -107,6 +107,8 @@ pub struct PolicyStore {
     /// Each tenant's decision counts, kept when its file goes, so a tenant
     /// removed and added again counts on from where it was.
     counts: Mutex<HashMap<String, Arc<DecisionCounts>>>,
+    /// Counts swaps, for those who push each new policy on (ECDS).
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl PolicyStore {
@@ -139,7 +141,13 @@ impl PolicyStore {
             reloads: Default::default(),
             last_swap_unix_ms: AtomicI64::new(now_unix_ms()),
             counts: Mutex::new(counts),
+            swaps: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Sees every swap from now on (the count of swaps changes).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// A single-mode store holding the policy `text`, for tests.
@@ -186,6 +194,7 @@ impl PolicyStore {
         self.tenants.store(Arc::new(next));
         self.last_swap_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         self.clear_reload_error(name);
+        self.swaps.send_modify(|count| *count += 1);
     }
 
     /// Counts one reload's result.

@@ -1,4 +1,5 @@
-//! The `corsd` command line: `serve`, `validate`, `check`, `entries` and `diff`. clap lives
+//! The `corsd` command line: `serve`, `validate`, `check`, `entries`, `diff`
+//! and `envoy-config`. clap lives
 //! here and nowhere else; each command turns its flags into plain values
 //! for the library.
 //!
@@ -8,6 +9,7 @@
 mod check;
 mod diff;
 mod entries;
+mod envoy_config;
 mod serve;
 mod validate;
 
@@ -33,6 +35,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show what a change to a policy file changes (exit 1 when the two decide differently).
     Diff(diff::DiffArgs),
+    /// Compile a policy into Envoy's own RBAC and CORS filters (native mode).
+    EnvoyConfig(envoy_config::EnvoyConfigArgs),
     /// List, add or remove allowlist entries, keeping the file's layout.
     #[command(subcommand)]
     Entries(entries::EntriesCommand),
@@ -53,5 +57,6 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Entries(command) => entries::run(command),
         Command::Diff(args) => diff::run(&args),
+        Command::EnvoyConfig(args) => envoy_config::run(&args),
     }
 }

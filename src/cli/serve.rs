@@ -89,6 +89,11 @@ pub(super) struct ServeArgs {
     /// Bytes of one request message; larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "CORSD_MAX_MESSAGE_SIZE", default_value_t = crate::grpc::MAX_MESSAGE_BYTES)]
     max_message_size: usize,
+    /// Also serve Envoy's Extension Config Discovery Service on the same
+    /// port: the policy compiled into an RBAC filter (`corsd-rbac`, or
+    /// `corsd-rbac/TENANT`), pushed on every swap (native mode).
+    #[arg(long, env = "CORSD_XDS")]
+    xds: bool,
     /// Write one JSON line per denied decision to stderr (target corsd::denial).
     #[arg(long, env = "CORSD_LOG_DENIALS")]
     log_denials: bool,
@@ -145,6 +150,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
             max_message_bytes: args.max_message_size,
             max_connections: args.max_connections,
         },
+        xds: args.xds,
         workers,
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,

@@ -1,10 +1,11 @@
 //! The pure core of corsd: origin grammar, allowlist index, policy file and
-//! decisions. Synchronous and free of I/O: no files, sockets, runtimes or
+//! decisions, and their compilation into Envoy's own filters. Synchronous and free of I/O: no files, sockets, runtimes or
 //! logging here; the service and the command line are shells around it.
 
 pub mod allowlist;
 pub mod decide;
 pub mod fetch;
+pub mod native;
 pub mod origin;
 pub mod pattern;
 pub mod policy;

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod ext_authz;
 pub mod limits;
 pub mod wire;
+pub mod xds;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct ServeOptions {
     pub admin: admin::AdminGate,
     /// What one client may ask.
     pub limits: Limits,
+    /// Also serve Envoy's ECDS with the native-mode RBAC filters (`--xds`).
+    pub xds: bool,
 }
 
 /// The names under which health is reported.
@@ -144,6 +147,11 @@ pub async fn serve_counted(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let xds = options.xds.then(|| {
+        envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryServiceServer::new(
+            xds::ExtensionConfigs::new(std::sync::Arc::clone(path.store())),
+        )
+    });
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(
         cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin),
     )
@@ -161,7 +169,8 @@ pub async fn serve_counted(
         .add_service(cors)
         .add_service(authz)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(reflection_v1alpha)
+        .add_optional_service(xds);
     let incoming = listen::accept(listener, options.tls, limits.max_connections);
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())

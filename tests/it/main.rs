@@ -23,6 +23,7 @@ mod invalid_policies;
 mod kubernetes;
 mod load_smoke;
 mod metrics;
+mod native;
 mod no_alloc;
 mod properties;
 mod reload;

@@ -197,6 +197,12 @@ impl Policy {
     pub fn scope_hosts(&self) -> impl Iterator<Item = &str> {
         self.scope.hosts().iter().map(|h| &**h)
     }
+
+    /// The path prefixes of `[scope]`, without a trailing `/` (`/` is `""`),
+    /// in file order; empty when the policy covers every path.
+    pub fn scope_paths(&self) -> Vec<&str> {
+        self.scope.paths().iter().map(|p| &**p).collect()
+    }
 }
 
 fn version_of(bytes: &[u8]) -> String {

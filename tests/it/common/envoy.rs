@@ -57,6 +57,13 @@ impl Envoy {
     pub async fn start_rewritten(binary: &Path, name: &str, ports: &[(u16, u16)], texts: &[(&str, &str)]) -> Envoy {
         let shipped =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(name)).unwrap();
+        Envoy::start_text(binary, &shipped, ports, texts).await
+    }
+
+    /// Starts Envoy on the config `shipped` (YAML or JSON), with the
+    /// listener on a free port instead of 8080, the admin on one instead of
+    /// 9901, each `port_value` in `ports` and each text in `texts` rewritten.
+    pub async fn start_text(binary: &Path, shipped: &str, ports: &[(u16, u16)], texts: &[(&str, &str)]) -> Envoy {
         let (port, admin_port) = (free_port(), free_port());
         let mut config = shipped
             .replace("port_value: 8080", &format!("port_value: {port}"))

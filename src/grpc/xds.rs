@@ -1,0 +1,176 @@
+//! `corsd serve --xds` (DESIGN.md section 13): Envoy's Extension Config
+//! Discovery Service on corsd's own port, state of the world over a stream.
+//! The resources are the RBAC filters native mode compiles
+//! ([`crate::core::native::served_extension`]): `corsd-rbac` in single mode,
+//! `corsd-rbac/NAME` for each tenant of a directory.
+//!
+//! A stream sends what Envoy asks for at once, and again after every swap
+//! that changes it, versioned by the policy versions it holds. An ACK
+//! changes nothing; a NACK is logged with Envoy's detail and the policy in
+//! force stays what it is until the next swap.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryService;
+use envoy_types::util::pack_any;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::core::native::{RBAC_FILTER, served_extension};
+use crate::store::{PolicyStore, Snapshot};
+
+/// The type of every resource served.
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+
+/// ECDS over the policies in `store`.
+#[derive(Debug, Clone)]
+pub struct ExtensionConfigs {
+    store: Arc<PolicyStore>,
+}
+
+impl ExtensionConfigs {
+    /// Serves the policies of `store`.
+    pub fn new(store: Arc<PolicyStore>) -> Self {
+        ExtensionConfigs { store }
+    }
+
+    /// The policies in force for `names`, each known one's tenant and snapshot.
+    fn snapshots<'n>(&self, names: &'n [String]) -> Vec<(&'n str, Arc<Snapshot>)> {
+        names
+            .iter()
+            .filter_map(|name| {
+                let tenant = self.tenant_of(name)?;
+                Some((tenant, self.store.tenant(tenant)?))
+            })
+            .collect()
+    }
+
+    /// The version of what `names` stand for: their policy versions (one
+    /// name: its policy's version).
+    fn version(snapshots: &[(&str, Arc<Snapshot>)]) -> String {
+        let versions: Vec<&str> = snapshots.iter().map(|(_, s)| s.policy.version()).collect();
+        versions.join(",")
+    }
+
+    /// The response carrying `snapshots`' resources.
+    fn response(snapshots: &[(&str, Arc<Snapshot>)], nonce: u64) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: Self::version(snapshots),
+            resources: snapshots
+                .iter()
+                .map(|(tenant, snapshot)| pack_any(served_extension(&snapshot.policy, tenant)))
+                .collect(),
+            type_url: TYPE_URL.to_owned(),
+            nonce: nonce.to_string(),
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    /// The tenant a resource name stands for, if it names one.
+    fn tenant_of<'n>(&self, name: &'n str) -> Option<&'n str> {
+        if name == RBAC_FILTER {
+            return self.store.is_single().then_some("");
+        }
+        name.strip_prefix(RBAC_FILTER)?
+            .strip_prefix('/')
+            .filter(|_| !self.store.is_single())
+    }
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExtensionConfigDiscoveryService for ExtensionConfigs {
+    type StreamExtensionConfigsStream = Responses;
+    type DeltaExtensionConfigsStream = DeltaResponses;
+
+    async fn stream_extension_configs(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Responses>, Status> {
+        let mut requests = request.into_inner();
+        let (send, receive) = tokio::sync::mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut swaps = service.store.subscribe();
+            let mut wanted: Option<Vec<String>> = None;
+            let mut sent_version: Option<String> = None;
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    request = requests.message() => match request {
+                        Ok(Some(request)) => {
+                            if let Some(error) = &request.error_detail {
+                                warn!(
+                                    resources = ?request.resource_names,
+                                    nonce = %request.response_nonce,
+                                    in_force = %request.version_info,
+                                    "Envoy rejected the RBAC filter corsd sent (NACK): {}",
+                                    error.message
+                                );
+                            }
+                            let names = request.resource_names;
+                            // A new subscription, or a new set of names: answer it.
+                            if request.response_nonce.is_empty() || wanted.as_ref() != Some(&names) {
+                                unknown_names(&service, &names);
+                                wanted = Some(names);
+                                sent_version = None;
+                            }
+                        }
+                        Ok(None) | Err(_) => return,
+                    },
+                    changed = swaps.changed() => if changed.is_err() { return },
+                }
+                let Some(names) = &wanted else { continue };
+                let snapshots = service.snapshots(names);
+                if sent_version.as_deref() == Some(ExtensionConfigs::version(&snapshots).as_str()) {
+                    continue;
+                }
+                nonce += 1;
+                let response = ExtensionConfigs::response(&snapshots, nonce);
+                info!(resources = ?names, version = %response.version_info, "ECDS: sending the RBAC filter");
+                sent_version = Some(response.version_info.clone());
+                if send.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receive,
+        ))))
+    }
+
+    async fn delta_extension_configs(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaResponses>, Status> {
+        Err(Status::unimplemented(
+            "corsd serves ECDS as state of the world: use api_type GRPC, not DELTA_GRPC",
+        ))
+    }
+
+    async fn fetch_extension_configs(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let names = request.into_inner().resource_names;
+        Ok(Response::new(ExtensionConfigs::response(&self.snapshots(&names), 0)))
+    }
+}
+
+fn unknown_names(service: &ExtensionConfigs, names: &[String]) {
+    for name in names {
+        if service.tenant_of(name).and_then(|t| service.store.tenant(t)).is_none() {
+            warn!(
+                resource = %name,
+                "ECDS: no such resource (corsd-rbac in single mode, corsd-rbac/TENANT with --policy-dir)"
+            );
+        }
+    }
+}
