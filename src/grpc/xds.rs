@@ -39,26 +39,36 @@ impl ExtensionConfigs {
         ExtensionConfigs { store }
     }
 
-    /// The policies in force for `names`, each known one's tenant and snapshot.
-    fn snapshots<'n>(&self, names: &'n [String]) -> Vec<(&'n str, Arc<Snapshot>)> {
+    /// The policies in force for `names`, each known one's tenant and
+    /// snapshot; no names (a wildcard subscription): every tenant's.
+    fn snapshots(&self, names: &[String]) -> Vec<(String, Arc<Snapshot>)> {
+        if names.is_empty() {
+            return self
+                .store
+                .tenants_full()
+                .sorted()
+                .into_iter()
+                .map(|(name, snapshot)| (name.to_owned(), Arc::clone(snapshot)))
+                .collect();
+        }
         names
             .iter()
             .filter_map(|name| {
                 let tenant = self.tenant_of(name)?;
-                Some((tenant, self.store.tenant(tenant)?))
+                Some((tenant.to_owned(), self.store.tenant(tenant)?))
             })
             .collect()
     }
 
     /// The version of what `names` stand for: their policy versions (one
     /// name: its policy's version).
-    fn version(snapshots: &[(&str, Arc<Snapshot>)]) -> String {
+    fn version(snapshots: &[(String, Arc<Snapshot>)]) -> String {
         let versions: Vec<&str> = snapshots.iter().map(|(_, s)| s.policy.version()).collect();
         versions.join(",")
     }
 
     /// The response carrying `snapshots`' resources.
-    fn response(snapshots: &[(&str, Arc<Snapshot>)], nonce: u64) -> DiscoveryResponse {
+    fn response(snapshots: &[(String, Arc<Snapshot>)], nonce: u64) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: Self::version(snapshots),
             resources: snapshots

@@ -604,6 +604,13 @@ async fn ecds_serves_each_tenant_and_logs_nacks() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // A wildcard fetch (no names): every tenant's filter.
+    let all = ExtensionConfigDiscoveryServiceClient::new(channel.clone())
+        .fetch_extension_configs(DiscoveryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.resources.len(), 2, "{all:?}");
     let (send, receive) = tokio::sync::mpsc::channel(4);
     let mut responses = ExtensionConfigDiscoveryServiceClient::new(channel)
         .stream_extension_configs(tokio_stream::wrappers::ReceiverStream::new(receive))
