@@ -102,13 +102,21 @@ pub enum Listener {
     Unix(UnixListener, SocketFile),
 }
 
-/// A Unix socket's file, removed when this is dropped (at exit).
+/// A Unix socket's file, removed when this is dropped (at exit), unless
+/// another process has since bound a socket of its own at the path.
 #[derive(Debug)]
-pub struct SocketFile(PathBuf);
+pub struct SocketFile(PathBuf, Option<(u64, u64)>);
+
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.1.is_some() && file_identity(&self.0) == self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -130,11 +138,18 @@ impl Listener {
                             path.display()
                         )));
                     }
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(std::io::Error::other(format!(
+                            "{} is in use: a running process accepts on it",
+                            path.display()
+                        )));
+                    }
                     std::fs::remove_file(path)?;
                 }
                 let listener = UnixListener::bind(path)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-                Ok(Listener::Unix(listener, SocketFile(path.clone())))
+                let identity = file_identity(path);
+                Ok(Listener::Unix(listener, SocketFile(path.clone(), identity)))
             }
         }
     }
@@ -232,9 +247,11 @@ impl AsyncWrite for Connection {
 
 /// Accepts connections on `listener` until the returned stream is dropped:
 /// at most `max_connections` open at once (one more is closed at once, so
-/// its client can try another replica), each TLS handshake done on its own
-/// task within [`tls::HANDSHAKE_TIMEOUT`], so a slow client holds up no
-/// other. Accept errors (out of file descriptors) are logged and retried.
+/// its client can try another replica). Each connection waits on its own
+/// task, within [`tls::HANDSHAKE_TIMEOUT`], for its TLS handshake or (in
+/// plaintext) its first byte, so a slow or silent client holds up no other
+/// and keeps no place for long. Running out of file descriptors is logged
+/// and retried after a pause.
 pub fn accept(
     listener: Listener,
     tls: Option<Arc<TlsConfig>>,
@@ -253,9 +270,14 @@ pub fn accept(
             };
             let (io, remote) = match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
+                Err(e) if out_of_resources(&e) => {
                     warn!("cannot accept a connection: {e}; retrying in 100 ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                // One connection failed (reset before it was taken): next.
+                Err(e) => {
+                    debug!("a connection failed as it was accepted: {e}");
                     continue;
                 }
             };
@@ -270,10 +292,19 @@ pub fn accept(
             };
             match &tls {
                 None => {
-                    let connection = Connection { io, info, _slot: slot };
-                    if send.send(Ok(connection)).await.is_err() {
-                        return;
-                    }
+                    // Handed on once the client has sent something, within
+                    // the time a TLS client has for its handshake: a silent
+                    // connection holds no place for long.
+                    let send = send.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, io.readable()).await {
+                            Ok(Ok(())) => {
+                                let _ = send.send(Ok(Connection { io, info, _slot: slot })).await;
+                            }
+                            Ok(Err(e)) => debug!("connection failed before its first byte: {e}"),
+                            Err(_) => debug!("no byte within {:?}: closed", tls::HANDSHAKE_TIMEOUT),
+                        }
+                    });
                 }
                 Some(tls) => {
                     let acceptor = TlsAcceptor::from(tls.current());
@@ -292,6 +323,27 @@ pub fn accept(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receive)
+}
+
+/// Whether an accept failed for want of descriptors or memory (worth a
+/// pause), not because of the one connection.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+impl Io {
+    /// Waits until a TCP client has sent something (or closed), without
+    /// taking it. A Unix socket's clients are local and vouched for by the
+    /// file's mode: they are not waited for.
+    async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Io::Tcp(tcp) => tcp.peek(&mut [0u8; 1]).await.map(drop),
+            Io::Unix(_) | Io::TlsTcp(_) | Io::TlsUnix(_) => Ok(()),
+        }
+    }
 }
 
 async fn accept_one(listener: &Listener) -> std::io::Result<(Io, Option<SocketAddr>)> {

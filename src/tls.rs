@@ -44,15 +44,20 @@ pub struct TlsFiles {
 pub struct TlsConfig {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
+    /// The files as they were just before the configuration in force was
+    /// read: a change after that is seen by the watch.
+    loaded_from: Fingerprint,
 }
 
 impl TlsConfig {
     /// Loads the files, or says why they cannot be served.
     pub fn load(files: TlsFiles) -> Result<Arc<TlsConfig>, String> {
+        let loaded_from = fingerprint(&files);
         let config = build(&files)?;
         Ok(Arc::new(TlsConfig {
             files,
             current: ArcSwap::from(config),
+            loaded_from,
         }))
     }
 
@@ -71,7 +76,7 @@ impl TlsConfig {
     pub fn watch(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut seen = weak.upgrade().map(|tls| fingerprint(&tls.files));
+            let mut seen = weak.upgrade().map(|tls| tls.loaded_from.clone());
             let mut ticks = tokio::time::interval(POLL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -1,7 +1,9 @@
-//! `corsd envoy-config (--policy FILE | --policy-dir DIR --tenant T)
+//! `corsd envoy-config (--policy FILE | --policy-dir DIR [--tenant T])
 //! [--format json|yaml]` (DESIGN.md section 13): the policy compiled into
 //! Envoy's own RBAC and CORS filters, printed as one object whose keys are
-//! the Envoy fields its values go into.
+//! the Envoy fields its values go into. A directory without `--tenant`
+//! prints its one tenant's object, or with several, one object per tenant
+//! under the tenant's name.
 //!
 //! Exit 0 printed, 1 the policy is invalid, 2 usage or I/O error.
 
@@ -22,8 +24,8 @@ pub(super) struct EnvoyConfigArgs {
     /// The policy file.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// A directory of tenant policies (with --tenant).
-    #[arg(long, requires = "tenant")]
+    /// A directory of tenant policies.
+    #[arg(long)]
     policy_dir: Option<PathBuf>,
     /// The tenant of --policy-dir whose policy to compile.
     #[arg(long, requires = "policy_dir")]
@@ -42,19 +44,32 @@ enum Format {
 }
 
 pub(super) fn run(args: &EnvoyConfigArgs) -> ExitCode {
-    let (policy, tenant) = match (&args.policy, &args.policy_dir, &args.tenant) {
+    let policies: Vec<(String, Policy)> = match (&args.policy, &args.policy_dir, &args.tenant) {
         (Some(path), _, _) => match super::validate::load(path) {
-            Ok(compiled) => (compiled.policy, String::new()),
+            Ok(compiled) => vec![(String::new(), compiled.policy)],
             Err(code) => return code,
         },
         (None, Some(dir), Some(tenant)) => match tenant_policy(dir, tenant) {
-            Ok(policy) => (policy, tenant.clone()),
+            Ok(policy) => vec![(tenant.clone(), policy)],
+            Err(code) => return code,
+        },
+        (None, Some(dir), None) => match super::validate::load_dir(dir) {
+            Ok(tenants) if !tenants.is_empty() => tenants.into_iter().map(|(name, _, p)| (name, p)).collect(),
+            Ok(_) => {
+                eprintln!("{}: no tenant policy (NAME.toml) in it", dir.display());
+                return ExitCode::from(2);
+            }
             Err(code) => return code,
         },
         _ => return ExitCode::from(2),
     };
-    let value = match envoy_config_json(&envoy_config(&policy, &tenant)) {
-        Ok(value) => value,
+    let compiled: Result<Vec<(String, serde_json::Value)>, String> = policies
+        .iter()
+        .map(|(tenant, policy)| Ok((tenant.clone(), envoy_config_json(&envoy_config(policy, tenant))?)))
+        .collect();
+    let value = match compiled {
+        Ok(mut objects) if objects.len() == 1 => objects.remove(0).1,
+        Ok(objects) => serde_json::Value::Object(objects.into_iter().collect()),
         Err(e) => {
             eprintln!("corsd envoy-config: {e}");
             return ExitCode::from(2);

@@ -13,7 +13,8 @@
 //!   the labels to 63 bytes and the host to 253;
 //! - else, absent (not a CORS request).
 //!
-//! Everything else is denied with 403. The CORS filter after it echoes any
+//! Everything else is denied with 403. Requests outside the policy's
+//! `[scope]` hosts (and, over ECDS, paths) pass untouched. The CORS filter after it echoes any
 //! origin that reaches it (by its scheme's prefix), with the policy's
 //! `[cors]` settings.
 
@@ -97,10 +98,10 @@ pub fn envoy_config(policy: &Policy, tenant: &str) -> EnvoyConfig {
     let paths = scope_paths(policy);
     let (listener_rbac, typed_per_filter_config, routes) = if paths.is_empty() {
         let vhost = BTreeMap::from([(CORS_FILTER.to_owned(), cors)]);
-        (decision_rbac(policy), vhost, BTreeMap::new())
+        (scoped_rbac(policy, false), vhost, BTreeMap::new())
     } else {
         let per_route = pack_any(RbacPerRoute {
-            rbac: Some(decision_rbac(policy)),
+            rbac: Some(scoped_rbac(policy, false)),
         });
         let routes = paths
             .iter()
@@ -135,22 +136,44 @@ pub fn envoy_config(policy: &Policy, tenant: &str) -> EnvoyConfig {
 }
 
 /// The RBAC filter served over ECDS (`corsd serve --xds`): the whole
-/// decision at the listener, the scope paths included, so that one swapped
-/// resource changes every route. Without scope paths it is the
+/// decision at the listener, the scope hosts and paths included, so that one
+/// swapped resource changes every route. Without scope paths it is the
 /// [`envoy_config`] listener filter's config.
 pub fn served_rbac(policy: &Policy) -> Rbac {
-    let paths = scope_paths(policy);
-    if paths.is_empty() {
-        return decision_rbac(policy);
+    scoped_rbac(policy, true)
+}
+
+/// The decision by origin, applied only to requests inside the scope's
+/// hosts (and, with `paths`, its paths); others pass.
+fn scoped_rbac(policy: &Policy, paths: bool) -> Rbac {
+    let mut tests = Vec::new();
+    let hosts: Vec<String> = policy.scope_hosts().map(regex_syntax::escape).collect();
+    if !hosts.is_empty() {
+        // As corsd compares hosts: any case, without port or trailing dot.
+        tests.push(single(
+            ":authority",
+            regex(format!("(?i:{})\\.?(?::[0-9]*)?", hosts.join("|"))),
+        ));
     }
-    let alternatives: Vec<String> = paths.iter().map(|p| regex_syntax::escape(p)).collect();
-    // A prefix matches at a segment boundary; the query is not the path's.
-    let in_scope = format!("(?:{})(?:[/?#].*)?", alternatives.join("|"));
+    let prefixes = scope_paths(policy);
+    if paths && !prefixes.is_empty() {
+        let alternatives: Vec<String> = prefixes.iter().map(|p| regex_syntax::escape(p)).collect();
+        // A prefix matches at a segment boundary; the query is not the path's.
+        tests.push(single(
+            ":path",
+            regex(format!("(?:{})(?:[/?#]\\C*)?", alternatives.join("|"))),
+        ));
+    }
+    let in_scope = match tests.len() {
+        0 => return decision_rbac(policy),
+        1 => tests.remove(0),
+        _ => all_of(tests),
+    };
     Rbac {
         matcher: Some(Matcher {
             matcher_type: Some(MatcherType::MatcherList(MatcherList {
                 matchers: vec![FieldMatcher {
-                    predicate: Some(single(":path", regex(in_scope))),
+                    predicate: Some(in_scope),
                     on_match: Some(OnMatch {
                         keep_matching: false,
                         on_match: Some(on_match::OnMatch::Matcher(Box::new(decision_matcher(policy)))),
@@ -261,9 +284,10 @@ fn decision_matcher(policy: &Policy) -> Matcher {
             on_match: Some(action("wildcard", rbac::Action::Allow)),
         });
     }
-    // An absent header makes any predicate on it false.
+    // An absent header makes any predicate on it false; `\C` is any byte,
+    // so a value that is not UTF-8 is present too (and denied).
     fallback.push(FieldMatcher {
-        predicate: Some(not(single("origin", regex(".*".to_owned())))),
+        predicate: Some(not(single("origin", regex("\\C*".to_owned())))),
         on_match: Some(action("no-origin", rbac::Action::Allow)),
     });
     let list = Matcher {

@@ -147,9 +147,15 @@ pub async fn serve_counted(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    // Long-lived xDS streams end when shutdown begins, not at its timeout.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     let xds = options.xds.then(|| {
         envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryServiceServer::new(
-            xds::ExtensionConfigs::new(std::sync::Arc::clone(path.store())),
+            xds::ExtensionConfigs::new(std::sync::Arc::clone(path.store()), options.admin.clone(), stopping),
         )
     });
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(

@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use super::admin::AdminGate;
 use crate::core::native::{RBAC_FILTER, served_extension};
 use crate::store::{PolicyStore, Snapshot};
 
@@ -31,18 +32,23 @@ pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtens
 #[derive(Debug, Clone)]
 pub struct ExtensionConfigs {
     store: Arc<PolicyStore>,
+    admin: AdminGate,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ExtensionConfigs {
-    /// Serves the policies of `store`.
-    pub fn new(store: Arc<PolicyStore>) -> Self {
-        ExtensionConfigs { store }
+    /// Serves the policies of `store` to the clients `admin` admits (the
+    /// filters hold the whole allowlist, as `ListEntries` does); streams end
+    /// with UNAVAILABLE once `stopping` turns true, so Envoy moves on to
+    /// another replica.
+    pub fn new(store: Arc<PolicyStore>, admin: AdminGate, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        ExtensionConfigs { store, admin, stopping }
     }
 
     /// The policies in force for `names`, each known one's tenant and
-    /// snapshot; no names (a wildcard subscription): every tenant's.
+    /// snapshot; `*` (a wildcard subscription): every tenant's.
     fn snapshots(&self, names: &[String]) -> Vec<(String, Arc<Snapshot>)> {
-        if names.is_empty() {
+        if names.iter().any(|n| n == "*") {
             return self
                 .store
                 .tenants_full()
@@ -104,9 +110,11 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Responses>, Status> {
+        self.admin.check(&request).await?;
         let mut requests = request.into_inner();
         let (send, receive) = tokio::sync::mpsc::channel(4);
         let service = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut swaps = service.store.subscribe();
             let mut wanted: Option<Vec<String>> = None;
@@ -136,6 +144,10 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
                         Ok(None) | Err(_) => return,
                     },
                     changed = swaps.changed() => if changed.is_err() { return },
+                    () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                        let _ = send.send(Err(Status::unavailable("corsd is shutting down"))).await;
+                        return;
+                    }
                 }
                 let Some(names) = &wanted else { continue };
                 let snapshots = service.snapshots(names);
@@ -169,13 +181,18 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let names = request.into_inner().resource_names;
+        self.admin.check(&request).await?;
+        let mut names = request.into_inner().resource_names;
+        // A fetch naming nothing asks for everything.
+        if names.is_empty() {
+            names.push("*".to_owned());
+        }
         Ok(Response::new(ExtensionConfigs::response(&self.snapshots(&names), 0)))
     }
 }
 
 fn unknown_names(service: &ExtensionConfigs, names: &[String]) {
-    for name in names {
+    for name in names.iter().filter(|n| *n != "*") {
         if service.tenant_of(name).and_then(|t| service.store.tenant(t)).is_none() {
             warn!(
                 resource = %name,

@@ -274,7 +274,8 @@ async fn one_mebibyte_header_blocks_leave_decisions_flowing() {
 }
 
 /// `--max-connections 3`: a fourth connection is closed at once, and a new
-/// one is admitted when one of the three has gone.
+/// one is admitted when one of the three has gone, or when silent ones have
+/// been closed for sending nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,4 +314,36 @@ async fn connections_past_the_limit_are_closed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(corsd.log().contains("--max-connections"), "{}", corsd.log());
+
+    // Silent connections (not a byte sent) take the places left, but only
+    // for the handshake time: then they are closed and a client gets in.
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shut_out = match channel(port).await {
+        Ok(channel) => call(channel).await.map_err(|s| s.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(shut_out.is_err(), "three silent connections left a place: {shut_out:?}");
+    let started = Instant::now();
+    loop {
+        let answered = match channel(port).await {
+            Ok(channel) => call(channel).await.ok(),
+            Err(_) => None,
+        };
+        if answered == Some(Reason::Allowed as i32) {
+            break;
+        }
+        assert!(
+            started.elapsed() < corsd::tls::HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+            "silent connections kept their places"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("silent connections closed after {:?}", started.elapsed());
+    drop(silent);
 }

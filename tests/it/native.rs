@@ -78,8 +78,8 @@ fn bootstrap(http_filters: Vec<Value>, virtual_hosts: Value, local_reply: &Value
 
 /// The static bootstrap an operator builds from `fragment`: the scope
 /// hosts' virtual host carries the fragment (its paths as routes matched
-/// with `path_separated_prefix`), every other host goes to the API with
-/// RBAC off for it, as a virtual host outside the scope would.
+/// with `path_separated_prefix`), every other host goes to the API without
+/// a CORS policy.
 fn static_bootstrap(fragment: &Value, scope_hosts: &[&str]) -> String {
     let route = |matcher: Value, per_filter: Option<&Value>| {
         let mut route = json!({"match": matcher, "route": {"cluster": "api"}});
@@ -113,11 +113,10 @@ fn static_bootstrap(fragment: &Value, scope_hosts: &[&str]) -> String {
     bootstrap(filters, Value::Array(hosts), &fragment["local_reply_config"])
 }
 
-/// A virtual host for every host outside the scope: RBAC off, no CORS.
+/// A virtual host for every host outside the scope: no CORS policy (the
+/// RBAC filter itself lets requests to other hosts pass).
 fn outside_scope() -> Value {
-    json!({"name": "outside", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "api"},
-        "typed_per_filter_config": {"corsd-rbac": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"}}}]})
+    json!({"name": "outside", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "api"}}]})
 }
 
 /// A bootstrap whose RBAC filter comes from corsd over ECDS.
@@ -461,6 +460,7 @@ async fn envoy_on_the_fragments_allows_what_corsd_allows() {
         let config = static_bootstrap(&fragment(&file, "json"), &hosts);
         let envoy = Envoy::start_text(&binary, &config, &[(9000, upstream.port())], &[]).await;
         compare(envoy.port, name, &policy).await;
+        assert_non_utf8_origin_denied(envoy.port, "api.example.com", "/services/data/x").await;
         if name == "main" {
             // Allowed preflights are Envoy's CORS filter's: 200, the origin echoed.
             let head = "OPTIONS /services/data/x HTTP/1.1\r\nHost: api.example.com\r\nOrigin: https://a.example.com\r\n\
@@ -480,6 +480,21 @@ async fn envoy_on_the_fragments_allows_what_corsd_allows() {
             );
         }
     }
+}
+
+/// An `Origin` whose bytes are not UTF-8 is present, so it is denied (a
+/// regex's `.` would not match it, and an absent-header test would let it by).
+async fn assert_non_utf8_origin_denied(port: u16, host: &str, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nOrigin: https://a.example.com")
+        .into_bytes();
+    head.extend(b"\xff\xfe\r\n\r\n");
+    stream.write_all(&head).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403"), "a non-UTF-8 origin passed: {text}");
 }
 
 /// `corsd serve --xds` feeding a real Envoy's RBAC filter: the verdicts of
@@ -706,14 +721,20 @@ fn envoy_config_names_the_tenant_and_refuses_bad_input() {
     assert_eq!(value["http_filters"][0]["name"], "corsd-rbac/acme");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"https://app.acme.example\""), "{text}");
-    let unknown = run(&["--policy-dir", &d, "--tenant", "globex"]);
+    let unknown = run(&["--policy-dir", &d, "--tenant", "initech"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("tenants: acme"));
-    assert_eq!(
-        run(&["--policy-dir", &d]).status.code(),
-        Some(2),
-        "a directory needs --tenant"
-    );
+    // Without --tenant: the one tenant's object, or one per tenant.
+    let only: Value = serde_json::from_slice(&run(&["--policy-dir", &d]).stdout).unwrap();
+    assert_eq!(only, value);
+    std::fs::write(
+        dir.path().join("globex.toml"),
+        "[[entries]]\norigin = \"https://*.globex.example\"\n",
+    )
+    .unwrap();
+    let both: Value = serde_json::from_slice(&run(&["--policy-dir", &d]).stdout).unwrap();
+    assert_eq!(both["acme"], value);
+    assert_eq!(both["globex"]["http_filters"][0]["name"], "corsd-rbac/globex");
     let bad = dir.path().join("bad.toml.txt");
     std::fs::write(&bad, "[[entries]]\norigin = \"http://example.com\"\n").unwrap();
     let invalid = run(&["--policy", &bad.display().to_string()]);
@@ -760,4 +781,52 @@ async fn the_shipped_native_config_works() {
         .unwrap();
     assert_eq!(outside.status, 200, "out of scope passes: {outside:?}");
     assert_ne!(outside.one("access-control-allow-origin"), Some("https://evil.example"));
+}
+
+/// The served filters hold the whole allowlist: with admin calls
+/// restricted, ECDS is an admin call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecds_is_restricted_with_the_admin_calls() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let store = corsd::store::PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(corsd::grpc::serve_counted(
+        corsd::listen::Listener::Tcp(listener),
+        corsd::grpc::decision::DecisionPath::new(store),
+        corsd::grpc::ServeOptions {
+            admin: corsd::grpc::admin::AdminGate::token_file(token),
+            xds: true,
+            ..Default::default()
+        },
+        tonic_health::server::health_reporter(),
+        std::future::pending(),
+    ));
+    let channel = loop {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut client = ExtensionConfigDiscoveryServiceClient::new(channel);
+    let ask = || DiscoveryRequest {
+        resource_names: vec!["corsd-rbac".to_owned()],
+        ..DiscoveryRequest::default()
+    };
+    let refused = client.fetch_extension_configs(ask()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let mut with_token = tonic::Request::new(ask());
+    with_token
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let served = client.fetch_extension_configs(with_token).await.unwrap().into_inner();
+    assert_eq!(served.resources.len(), 1);
 }

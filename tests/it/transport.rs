@@ -123,6 +123,16 @@ async fn serves_on_a_unix_socket() {
     };
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    // A second corsd on the path a running one serves is refused, and the
+    // running one's socket stays.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy])
+        .arg(format!("--listen=unix:{}", socket.display()))
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is in use"));
+    assert!(socket.exists());
     let answer = corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(channel)
         .check_origin(crate::common::serve::get_request("https://a.example"))
         .await
