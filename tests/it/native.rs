@@ -793,29 +793,12 @@ async fn ecds_is_restricted_with_the_admin_calls() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let store = corsd::store::PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(corsd::grpc::serve_counted(
-        corsd::listen::Listener::Tcp(listener),
-        corsd::grpc::decision::DecisionPath::new(store),
-        corsd::grpc::ServeOptions {
-            admin: corsd::grpc::admin::AdminGate::token_file(token),
-            xds: true,
-            ..Default::default()
-        },
-        tonic_health::server::health_reporter(),
-        std::future::pending(),
-    ));
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let options = corsd::grpc::ServeOptions {
+        admin: corsd::grpc::admin::AdminGate::token_file(token),
+        xds: true,
+        ..Default::default()
     };
+    let channel = crate::common::serve::start_with_options(store, options).await;
     let mut client = ExtensionConfigDiscoveryServiceClient::new(channel);
     let ask = || DiscoveryRequest {
         resource_names: vec!["corsd-rbac".to_owned()],

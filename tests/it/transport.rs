@@ -168,28 +168,11 @@ async fn admin_calls_need_the_token() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "  s3cret-1\n").unwrap();
     let store = PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(corsd::grpc::serve_counted(
-        corsd::listen::Listener::Tcp(listener),
-        corsd::grpc::decision::DecisionPath::new(store),
-        corsd::grpc::ServeOptions {
-            admin: corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
-            ..Default::default()
-        },
-        tonic_health::server::health_reporter(),
-        std::future::pending(),
-    ));
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break c;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let options = corsd::grpc::ServeOptions {
+        admin: corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
+        ..Default::default()
     };
+    let channel = crate::common::serve::start_with_options(store, options).await;
     let mut client = corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(channel);
     let with = |token: Option<&str>| {
         let mut request = tonic::Request::new(ListEntriesRequest::default());

@@ -118,3 +118,27 @@ pub fn get_request(origin: impl Into<String>) -> CheckOriginRequest {
         ..Default::default()
     }
 }
+
+/// A channel to a real server on `127.0.0.1:0` serving `store` with
+/// `options` (admin gate, ECDS, ...), in this process until the test ends.
+pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::ServeOptions) -> Channel {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(corsd::grpc::serve_counted(
+        corsd::listen::Listener::Tcp(listener),
+        corsd::grpc::decision::DecisionPath::new(store),
+        options,
+        tonic_health::server::health_reporter(),
+        std::future::pending(),
+    ));
+    loop {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
