@@ -199,13 +199,13 @@ pub fn served_extension(policy: &Policy, tenant: &str) -> TypedExtensionConfig {
 /// accepted (Envoy matches the whole value).
 pub fn wildcard_regex(policy: &Policy) -> Option<String> {
     let mut groups: BTreeMap<(&str, Option<u16>), Vec<String>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     for entry in policy.entries() {
-        if let PatternKind::Subdomains { scheme, base, port } = entry.pattern.kind() {
+        if let PatternKind::Subdomains { scheme, base, port } = entry.pattern.kind()
+            && seen.insert((*scheme, &**base, *port))
+        {
             let bases = groups.entry((scheme_str(*scheme), *port)).or_default();
-            let base = regex_syntax::escape(base);
-            if !bases.contains(&base) {
-                bases.push(base);
-            }
+            bases.push(regex_syntax::escape(base));
         }
     }
     if groups.is_empty() {
@@ -250,6 +250,7 @@ fn scope_paths(policy: &Policy) -> Vec<&str> {
 /// `https://` origin, in file order, each once.
 pub fn exact_origins(policy: &Policy) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let entries = policy
         .entries()
         .iter()
@@ -257,7 +258,7 @@ pub fn exact_origins(policy: &Policy) -> Vec<String> {
         .map(|e| e.pattern.as_str().to_owned());
     let hosts = policy.scope_hosts().map(|h| format!("https://{h}"));
     for key in entries.chain(hosts) {
-        if !keys.contains(&key) {
+        if seen.insert(key.clone()) {
             keys.push(key);
         }
     }
