@@ -430,7 +430,8 @@ async fn throughput(
     }
 }
 
-/// A/B/B/A rounds of `a` against `b`; returns (a phases, b phases).
+/// A/B/B/A rounds of call kind `a` against `b` on one server; returns (a
+/// phases, b phases).
 async fn interleaved(
     server: &Server,
     channels: &[Channel],
@@ -439,20 +440,13 @@ async fn interleaved(
     args: &Args,
     work: &Arc<Workload>,
 ) -> (Vec<Phase>, Vec<Phase>) {
-    let (mut pa, mut pb) = (Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
-        for kind in [a, b, b, a] {
-            let phase = throughput(server, channels, kind, args.phase_secs, args.concurrency, work).await;
-            println!(
-                "  {:<16} {:>9.0} calls/s  {:>6.2} us CPU/call",
-                kind.name(),
-                phase.rate(),
-                cpu_per_call(&phase)
-            );
-            if kind == a { pa.push(phase) } else { pb.push(phase) }
-        }
-    }
-    (pa, pb)
+    let side = |kind: Kind| Side {
+        name: kind.name(),
+        server,
+        channels,
+        kind,
+    };
+    compare(args, work, &side(a), &side(b)).await
 }
 
 fn cpu_per_call(p: &Phase) -> f64 {
@@ -468,29 +462,30 @@ fn total_cpu(phases: &[Phase]) -> f64 {
         / phases.iter().map(|p| p.calls).sum::<u64>().max(1) as f64
 }
 
-/// A server under test and the channels to it.
+/// One side of a comparison: a server, the channels to it, and the calls made.
 struct Side<'a> {
     name: &'a str,
     server: &'a Server,
     channels: &'a [Channel],
+    kind: Kind,
 }
 
-/// CheckOrigin throughput on two servers, A/B/B/A; returns (a, b) phases.
-async fn two_servers(args: &Args, work: &Arc<Workload>, a: &Side<'_>, b: &Side<'_>) -> (Vec<Phase>, Vec<Phase>) {
+/// Throughput of `a` against `b`, A/B/B/A; returns (a, b) phases.
+async fn compare(args: &Args, work: &Arc<Workload>, a: &Side<'_>, b: &Side<'_>) -> (Vec<Phase>, Vec<Phase>) {
     let (mut pa, mut pb) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         for side in [a, b, b, a] {
             let phase = throughput(
                 side.server,
                 side.channels,
-                Kind::CheckOrigin,
+                side.kind,
                 args.phase_secs,
                 args.concurrency,
                 work,
             )
             .await;
             println!(
-                "  {:<12} {:>9.0} calls/s  {:>6.2} us CPU/call",
+                "  {:<16} {:>9.0} calls/s  {:>6.2} us CPU/call",
                 side.name,
                 phase.rate(),
                 cpu_per_call(&phase)
@@ -512,18 +507,20 @@ async fn metrics_cost(args: &Args, policy: &Path, server: &Server, channels: &[C
     let counted = Server::start_with(&args.corsd, policy, &["--metrics-listen", "127.0.0.1:0"]);
     let counted_channels = connect(&counted.addr, args.connections).await;
     println!("\nthroughput, CheckOrigin with metrics on against metrics off, two servers (A/B/B/A):");
-    let (off, on) = two_servers(
+    let (off, on) = compare(
         args,
         work,
         &Side {
             name: "metrics off",
             server,
             channels,
+            kind: Kind::CheckOrigin,
         },
         &Side {
             name: "metrics on",
             server: &counted,
             channels: &counted_channels,
+            kind: Kind::CheckOrigin,
         },
     )
     .await;
@@ -590,18 +587,20 @@ async fn tls_cost(args: &Args, policy: &Path, server: &Server, channels: &[Chann
         );
     }
     println!("\nthroughput, CheckOrigin over mTLS against plaintext, two servers (A/B/B/A, handshakes excluded):");
-    let (plain, over_tls) = two_servers(
+    let (plain, over_tls) = compare(
         args,
         work,
         &Side {
             name: "plaintext",
             server,
             channels,
+            kind: Kind::CheckOrigin,
         },
         &Side {
             name: "mTLS",
             server: &tls_server,
             channels: &tls_channels,
+            kind: Kind::CheckOrigin,
         },
     )
     .await;

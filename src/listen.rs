@@ -290,36 +290,17 @@ pub fn accept(
                 remote,
                 client_certs: None,
             };
-            match &tls {
-                None => {
-                    // Handed on once the client has sent something, within
-                    // the time a TLS client has for its handshake: a silent
-                    // connection holds no place for long.
-                    let send = send.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, io.readable()).await {
-                            Ok(Ok(())) => {
-                                let _ = send.send(Ok(Connection { io, info, _slot: slot })).await;
-                            }
-                            Ok(Err(e)) => debug!("connection failed before its first byte: {e}"),
-                            Err(_) => debug!("no byte within {:?}: closed", tls::HANDSHAKE_TIMEOUT),
-                        }
-                    });
+            let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
+            let send = send.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, ready(acceptor, io, info)).await {
+                    Ok(Ok((io, info))) => {
+                        let _ = send.send(Ok(Connection { io, info, _slot: slot })).await;
+                    }
+                    Ok(Err(e)) => debug!("connection failed before it was ready: {e}"),
+                    Err(_) => debug!("connection not ready within {:?}: closed", tls::HANDSHAKE_TIMEOUT),
                 }
-                Some(tls) => {
-                    let acceptor = TlsAcceptor::from(tls.current());
-                    let send = send.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake(acceptor, io, info)).await {
-                            Ok(Ok((io, info))) => {
-                                let _ = send.send(Ok(Connection { io, info, _slot: slot })).await;
-                            }
-                            Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
-                            Err(_) => debug!("TLS handshake not done within {:?}", tls::HANDSHAKE_TIMEOUT),
-                        }
-                    });
-                }
-            }
+            });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receive)
@@ -332,18 +313,6 @@ fn out_of_resources(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-impl Io {
-    /// Waits until a TCP client has sent something (or closed), without
-    /// taking it. A Unix socket's clients are local and vouched for by the
-    /// file's mode: they are not waited for.
-    async fn readable(&self) -> std::io::Result<()> {
-        match self {
-            Io::Tcp(tcp) => tcp.peek(&mut [0u8; 1]).await.map(drop),
-            Io::Unix(_) | Io::TlsTcp(_) | Io::TlsUnix(_) => Ok(()),
-        }
-    }
 }
 
 async fn accept_one(listener: &Listener) -> std::io::Result<(Io, Option<SocketAddr>)> {
@@ -360,20 +329,34 @@ async fn accept_one(listener: &Listener) -> std::io::Result<(Io, Option<SocketAd
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, io: Io, mut info: ConnectionInfo) -> std::io::Result<(Io, ConnectionInfo)> {
+/// The connection once it can be served: over TLS, handshaken (with the
+/// client's certificates noted); in plaintext TCP, once the client has sent
+/// something (or closed), so a silent one holds no place for long. A Unix
+/// socket's clients are local and vouched for by the file's mode: a
+/// plaintext one is not waited for.
+async fn ready(
+    acceptor: Option<TlsAcceptor>,
+    io: Io,
+    mut info: ConnectionInfo,
+) -> std::io::Result<(Io, ConnectionInfo)> {
     let peer = |certs: Option<&[CertificateDer<'static>]>| certs.map(Arc::from);
-    let io = match io {
-        Io::Tcp(tcp) => {
+    let io = match (acceptor, io) {
+        (None, Io::Tcp(tcp)) => {
+            tcp.peek(&mut [0u8; 1]).await?;
+            Io::Tcp(tcp)
+        }
+        (None, io) => io,
+        (Some(acceptor), Io::Tcp(tcp)) => {
             let tls = acceptor.accept(tcp).await?;
             info.client_certs = peer(tls.get_ref().1.peer_certificates());
             Io::TlsTcp(Box::new(tls))
         }
-        Io::Unix(unix) => {
+        (Some(acceptor), Io::Unix(unix)) => {
             let tls = acceptor.accept(unix).await?;
             info.client_certs = peer(tls.get_ref().1.peer_certificates());
             Io::TlsUnix(Box::new(tls))
         }
-        tls @ (Io::TlsTcp(_) | Io::TlsUnix(_)) => tls,
+        (Some(_), io @ (Io::TlsTcp(_) | Io::TlsUnix(_))) => io,
     };
     Ok((io, info))
 }

@@ -46,7 +46,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::{Matcher, RegexMatcher, StringMat
 use envoy_types::util::pack_any;
 
 use super::origin::{MAX_HOST_LEN, MAX_LABEL_LEN};
-use super::pattern::{PatternKind, WebScheme};
+use super::pattern::PatternKind;
 use super::policy::Policy;
 
 /// The RBAC filter's name, and the ECDS resource of single mode.
@@ -204,7 +204,7 @@ pub fn wildcard_regex(policy: &Policy) -> Option<String> {
         if let PatternKind::Subdomains { scheme, base, port } = entry.pattern.kind()
             && seen.insert((*scheme, &**base, *port))
         {
-            let bases = groups.entry((scheme_str(*scheme), *port)).or_default();
+            let bases = groups.entry((scheme.as_str(), *port)).or_default();
             bases.push(regex_syntax::escape(base));
         }
     }
@@ -230,10 +230,6 @@ pub fn long_label_regex() -> String {
 /// An origin whose host is at most 253 bytes, besides one trailing dot.
 pub fn host_length_regex() -> String {
     format!("[a-z-]+://[!-9;-~]{{1,{MAX_HOST_LEN}}}\\.?(?::[0-9]{{1,5}})?")
-}
-
-fn scheme_str(scheme: WebScheme) -> &'static str {
-    scheme.as_str()
 }
 
 /// The scope's path prefixes as routes match them; none when the policy
