@@ -35,20 +35,7 @@ pid=$!
 for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && break; sleep 0.1; done
 grep -q "corsd listening" "$work/corsd.log" || { cat "$work/corsd.log" >&2; exit 1; }
 
-# gRPC frames: a 0 byte (not compressed), a 4-byte length, the message.
-python3 - "$work" <<'PY'
-import struct, sys
-def field(tag, value):
-    data = value.encode()
-    return bytes([tag << 3 | 2, len(data)]) + data
-check_origin = (field(1, "https://a.partner.example.net") + field(2, "GET")
-                + field(5, "https") + field(6, "api.example.com")
-                + field(7, "/services/data/v60.0/query"))
-health = b""  # HealthCheckRequest { service: "" }
-for name, message in (("check_origin", check_origin), ("health", health)):
-    with open(f"{sys.argv[1]}/{name}.bin", "wb") as out:
-        out.write(b"\0" + struct.pack(">I", len(message)) + message)
-PY
+python3 benches/support/grpc-frames.py "$work"
 
 declare -A paths=([check_origin]=/corsd.v1.CorsPolicy/CheckOrigin [health]=/grpc.health.v1.Health/Check)
 for name in check_origin health; do

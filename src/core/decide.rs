@@ -22,6 +22,8 @@ pub const MAX_EMPTY_ELEMENTS: usize = 16;
 /// Most `Access-Control-Request-Headers` lines read: every line holds at least
 /// one element, so a request with more is over a limit and refused unread.
 pub const MAX_REQUEST_HEADER_LINES: usize = MAX_REQUEST_HEADER_NAMES + MAX_EMPTY_ELEMENTS + 1;
+/// Most headers an answer carries.
+pub const MAX_RESPONSE_HEADERS: usize = 7;
 /// Most spaces and tabs around one list element.
 const MAX_ELEMENT_WHITESPACE: usize = 2;
 
@@ -275,7 +277,7 @@ impl<'a> ResponseHeader<'a> {
 /// than 10 ns (docs/benchmarks.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseHeaders<'a> {
-    slots: [Option<ResponseHeader<'a>>; 7],
+    slots: [Option<ResponseHeader<'a>>; MAX_RESPONSE_HEADERS],
 }
 
 /// The headers of a decision, in order.

@@ -9,7 +9,8 @@ use super::admin::AdminGate;
 use super::decision::DecisionPath;
 use super::pb;
 use super::stubs::cors_policy_server::CorsPolicy;
-use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_len, text, varint_len};
+use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_len, varint_len};
+use crate::core::decide::MAX_RESPONSE_HEADERS;
 use crate::core::origin::{RequestOrigin, parse_request_origin};
 use crate::core::{Decision, Reason, ResponseHeader, Verdict};
 use crate::observe::Api;
@@ -52,30 +53,20 @@ impl CorsPolicyService {
 
     /// Decides one `CheckOrigin` call with the policy in force.
     pub fn answer(&self, call: &CheckOriginCall) -> Result<Encoded, Status> {
-        let origin = call.origin.as_deref().map(|o| text("origin", o)).transpose()?;
-        let method = text("method", &call.method)?;
-        let request_method = call
-            .access_control_request_method
-            .as_deref()
-            .map(|m| text("access_control_request_method", m))
-            .transpose()?;
         let mut request_headers = HeaderLines::default();
-        for line in &call.access_control_request_headers {
-            request_headers.push(text("access_control_request_headers", line)?);
-        }
+        let text = call.text(&mut request_headers)?;
         let request = crate::core::Request {
-            origin,
+            origin: text.origin,
             several_origins: false,
-            method,
-            request_method,
+            method: text.method,
+            request_method: text.request_method,
             request_headers: request_headers.as_slice(),
-            request_private_network: call.access_control_request_private_network,
-            scheme: text("scheme", &call.scheme)?,
-            authority: text("authority", &call.authority)?,
-            path: text("path", &call.path)?,
+            request_private_network: call.access_control_request_private_network(),
+            scheme: text.scheme,
+            authority: text.authority,
+            path: text.path,
         };
-        let tenant = text("tenant", &call.tenant)?;
-        Ok(self.path.decide(Api::Corsd, tenant, &request, encode_check_origin))
+        Ok(self.path.decide(Api::Corsd, text.tenant, &request, encode_check_origin))
     }
 }
 
@@ -150,6 +141,11 @@ pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Encoded {
             + str_len(HEADER_VALUE, &h.value)
             + varint_len(HEADER_APPEND, h.append.into())
     };
+    // Each header's length is needed twice: in the message's and before it.
+    let mut header_lens = [0; MAX_RESPONSE_HEADERS];
+    for (len, h) in header_lens.iter_mut().zip(&decision.response_headers) {
+        *len = header_len(h);
+    }
     let verdict = verdict(decision.verdict) as u64;
     let reason = reason(decision.reason) as u64;
     let len = varint_len(VERDICT, verdict)
@@ -159,7 +155,8 @@ pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Encoded {
         + decision
             .response_headers
             .iter()
-            .map(|h| sub_len(RESPONSE_HEADERS, header_len(h)))
+            .zip(&header_lens)
+            .map(|(_, &len)| sub_len(RESPONSE_HEADERS, len))
             .sum::<usize>()
         + str_len(MATCHED_PATTERN, decision.matched_pattern())
         + str_len(POLICY_VERSION, decision.policy_version)
@@ -169,8 +166,8 @@ pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Encoded {
     out.put_varint(REASON, reason);
     out.put_varint(PREFLIGHT, decision.preflight.into());
     out.put_varint(RESPOND_STATUS, decision.answer.respond_status().into());
-    for h in &decision.response_headers {
-        out.put_sub(RESPONSE_HEADERS, header_len(h));
+    for (h, &len) in decision.response_headers.iter().zip(&header_lens) {
+        out.put_sub(RESPONSE_HEADERS, len);
         out.put_str(HEADER_NAME, h.name.as_str());
         out.put_str(HEADER_VALUE, &h.value);
         out.put_varint(HEADER_APPEND, h.append.into());

@@ -13,106 +13,249 @@
 
 use arrayvec::ArrayVec;
 use prost::bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field};
+use prost::encoding::{DecodeContext, WireType, encoded_len_varint, key_len, skip_field};
 use tonic::Status;
 
 use crate::core::decide::MAX_REQUEST_HEADER_LINES;
 
-/// `corsd.v1.CheckOriginRequest`, its strings left in the received buffer.
+/// `corsd.v1.CheckOriginRequest`, its strings left in the message's bytes.
 ///
-/// Decoding takes the whole message out of the receive buffer once and reads
-/// its fields in one pass; each string is a slice of that one buffer. prost's
-/// field-by-field merge took a buffer split per field, and was the larger
-/// part of a `CheckOrigin` call's own cost (docs/benchmarks.md).
+/// Decoding copies the whole message out of the receive buffer once and
+/// reads its fields in one pass, keeping where each string lies in it.
+/// prost's field-by-field merge took a buffer split per field, and was the
+/// larger part of a `CheckOrigin` call's own cost (docs/benchmarks.md); a
+/// split of the receive buffer, even one, costs more than copying the
+/// hundred-odd bytes of a call into a buffer of its own. Reading the
+/// strings as text ([`CheckOriginCall::text`]) checks the UTF-8 of the whole
+/// message once when it can, instead of each string on its own.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CheckOriginCall {
+    /// The message's bytes, which the spans of `fields` index.
+    message: Vec<u8>,
+    fields: Fields,
+}
+
+/// Where a string field lies in the message.
+type Span = std::ops::Range<usize>;
+
+/// The fields of a [`CheckOriginCall`].
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Fields {
     /// `origin` (1); absent: no `Origin` header.
-    pub origin: Option<Bytes>,
+    origin: Option<Span>,
     /// `method` (2).
-    pub method: Bytes,
+    method: Span,
     /// `access_control_request_method` (3); absent: no such header.
-    pub access_control_request_method: Option<Bytes>,
+    request_method: Option<Span>,
     /// `access_control_request_headers` (4), one element per header line.
-    pub access_control_request_headers: Vec<Bytes>,
+    request_headers: Vec<Span>,
     /// `scheme` (5) of the target.
-    pub scheme: Bytes,
+    scheme: Span,
     /// `authority` (6): the target's `host[:port]`.
-    pub authority: Bytes,
+    authority: Span,
     /// `path` (7), maybe with a query.
-    pub path: Bytes,
+    path: Span,
     /// `access_control_request_private_network` (8).
-    pub access_control_request_private_network: bool,
+    private_network: bool,
     /// `tenant` (9); empty: select the tenant by the target host.
-    pub tenant: Bytes,
+    tenant: Span,
+}
+
+/// The strings of a [`CheckOriginCall`], as text.
+#[derive(Debug)]
+pub struct CallText<'a> {
+    /// `origin`.
+    pub origin: Option<&'a str>,
+    /// `method`.
+    pub method: &'a str,
+    /// `access_control_request_method`.
+    pub request_method: Option<&'a str>,
+    /// `scheme`.
+    pub scheme: &'a str,
+    /// `authority`.
+    pub authority: &'a str,
+    /// `path`.
+    pub path: &'a str,
+    /// `tenant`.
+    pub tenant: &'a str,
 }
 
 impl CheckOriginCall {
-    /// Sets field `tag` to `value`, a slice of the message; other fields are
-    /// skipped by the caller.
-    fn set(&mut self, tag: u32, value: Bytes) {
-        match tag {
-            1 => self.origin = Some(value),
-            2 => self.method = value,
-            3 => self.access_control_request_method = Some(value),
-            4 => self.access_control_request_headers.push(value),
-            5 => self.scheme = value,
-            6 => self.authority = value,
-            7 => self.path = value,
-            _ => self.tenant = value,
+    /// `origin`; `None` when the field is absent.
+    pub fn origin(&self) -> Option<&[u8]> {
+        self.fields.origin.as_ref().map(|span| self.bytes(span))
+    }
+
+    /// `method`.
+    pub fn method(&self) -> &[u8] {
+        self.bytes(&self.fields.method)
+    }
+
+    /// `access_control_request_method`; `None` when the field is absent.
+    pub fn access_control_request_method(&self) -> Option<&[u8]> {
+        self.fields.request_method.as_ref().map(|span| self.bytes(span))
+    }
+
+    /// `access_control_request_headers`, a line each.
+    pub fn access_control_request_headers(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.fields.request_headers.iter().map(|span| self.bytes(span))
+    }
+
+    /// `scheme`.
+    pub fn scheme(&self) -> &[u8] {
+        self.bytes(&self.fields.scheme)
+    }
+
+    /// `authority`.
+    pub fn authority(&self) -> &[u8] {
+        self.bytes(&self.fields.authority)
+    }
+
+    /// `path`.
+    pub fn path(&self) -> &[u8] {
+        self.bytes(&self.fields.path)
+    }
+
+    /// `access_control_request_private_network`.
+    pub fn access_control_request_private_network(&self) -> bool {
+        self.fields.private_network
+    }
+
+    /// `tenant`.
+    pub fn tenant(&self) -> &[u8] {
+        self.bytes(&self.fields.tenant)
+    }
+
+    /// The strings as text, the header lines into `request_headers` (kept
+    /// by the caller: they are too large to move), or `INVALID_ARGUMENT`
+    /// naming the first field that is not UTF-8. A message whose bytes are
+    /// all UTF-8 has only one-byte keys and lengths around its strings, so
+    /// each string is text too, and one check covers them all.
+    pub fn text<'a>(&'a self, request_headers: &mut HeaderLines<'a>) -> Result<CallText<'a>, Status> {
+        let whole = std::str::from_utf8(&self.message).ok();
+        let field = |name: &'static str, span: &Span| match whole.and_then(|w| w.get(span.clone())) {
+            Some(s) => Ok(s),
+            None => text(name, self.bytes(span)),
+        };
+        let f = &self.fields;
+        for span in &f.request_headers {
+            request_headers.push(field("access_control_request_headers", span)?);
         }
+        Ok(CallText {
+            origin: f.origin.as_ref().map(|s| field("origin", s)).transpose()?,
+            method: field("method", &f.method)?,
+            request_method: f
+                .request_method
+                .as_ref()
+                .map(|s| field("access_control_request_method", s))
+                .transpose()?,
+            scheme: field("scheme", &f.scheme)?,
+            authority: field("authority", &f.authority)?,
+            path: field("path", &f.path)?,
+            tenant: field("tenant", &f.tenant)?,
+        })
+    }
+
+    fn bytes(&self, span: &Span) -> &[u8] {
+        self.message.get(span.clone()).unwrap_or_default()
+    }
+}
+
+impl Fields {
+    /// Sets string field `tag` to `span`; other fields are skipped by the
+    /// caller.
+    fn set(&mut self, tag: u32, span: Span) {
+        match tag {
+            1 => self.origin = Some(span),
+            2 => self.method = span,
+            3 => self.request_method = Some(span),
+            4 => self.request_headers.push(span),
+            5 => self.scheme = span,
+            6 => self.authority = span,
+            7 => self.path = span,
+            _ => self.tenant = span,
+        }
+    }
+
+    /// Reads the fields of `message` from `at` on, in one pass.
+    fn read(&mut self, message: &[u8], at: usize) -> Result<(), prost::DecodeError> {
+        let ctx = DecodeContext::default;
+        let mut rest = message.get(at..).unwrap_or_default();
+        while !rest.is_empty() {
+            // Most strings have a one-byte key and a one-byte length.
+            if let [key, len, after @ ..] = rest
+                && let (1..=7 | 9, 2) = (key >> 3, key & 7)
+                && *len < 0x80
+                && let Some(value) = after.get(..usize::from(*len))
+            {
+                let start = message.len() - after.len();
+                self.set(u32::from(key >> 3), start..start + value.len());
+                rest = after.get(value.len()..).unwrap_or_default();
+                continue;
+            }
+            let (tag, wire_type) = prost::encoding::decode_key(&mut rest)?;
+            match (tag, wire_type) {
+                (1..=7 | 9, WireType::LengthDelimited) => {
+                    let mut value_on = rest;
+                    let len = prost::encoding::decode_varint(&mut rest)?;
+                    let value = usize::try_from(len).ok().and_then(|len| rest.get(..len));
+                    let Some(value) = value else {
+                        // prost's own error for a string past the end.
+                        return prost::encoding::bytes::merge(wire_type, &mut Bytes::new(), &mut value_on, ctx());
+                    };
+                    let start = message.len() - rest.len();
+                    self.set(tag, start..start + value.len());
+                    rest = rest.get(value.len()..).unwrap_or_default();
+                }
+                (8, _) => prost::encoding::bool::merge(wire_type, &mut self.private_network, &mut rest, ctx())?,
+                // prost's own error for a string field of another wire type.
+                (1..=7 | 9, _) => prost::encoding::bytes::merge(wire_type, &mut Bytes::new(), &mut rest, ctx())?,
+                _ => skip_field(wire_type, tag, &mut rest, ctx())?,
+            }
+        }
+        Ok(())
     }
 }
 
 impl prost::Message for CheckOriginCall {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        use prost::encoding::{bool, bytes};
-        if let Some(origin) = &self.origin {
-            bytes::encode(1, origin, buf);
+        fn put(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+            prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(value.len() as u64, buf);
+            buf.put_slice(value);
         }
-        if !self.method.is_empty() {
-            bytes::encode(2, &self.method, buf);
+        if let Some(origin) = self.origin() {
+            put(1, origin, buf);
         }
-        if let Some(method) = &self.access_control_request_method {
-            bytes::encode(3, method, buf);
+        if !self.method().is_empty() {
+            put(2, self.method(), buf);
         }
-        bytes::encode_repeated(4, &self.access_control_request_headers, buf);
-        for (tag, value) in [(5, &self.scheme), (6, &self.authority), (7, &self.path)] {
+        if let Some(method) = self.access_control_request_method() {
+            put(3, method, buf);
+        }
+        for line in self.access_control_request_headers() {
+            put(4, line, buf);
+        }
+        for (tag, value) in [(5, self.scheme()), (6, self.authority()), (7, self.path())] {
             if !value.is_empty() {
-                bytes::encode(tag, value, buf);
+                put(tag, value, buf);
             }
         }
-        if self.access_control_request_private_network {
-            bool::encode(8, &true, buf);
+        if self.fields.private_network {
+            prost::encoding::bool::encode(8, &true, buf);
         }
-        if !self.tenant.is_empty() {
-            bytes::encode(9, &self.tenant, buf);
+        if !self.tenant().is_empty() {
+            put(9, self.tenant(), buf);
         }
     }
 
-    /// One pass over the whole message, which is taken from `buf` at once.
-    fn merge(&mut self, mut buf: impl Buf) -> Result<(), prost::DecodeError> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        let mut rest: &[u8] = &message;
-        while !rest.is_empty() {
-            let (tag, wire_type) = prost::encoding::decode_key(&mut rest)?;
-            if matches!(tag, 1..=7 | 9) && wire_type == WireType::LengthDelimited {
-                let mut value = rest;
-                let len = prost::encoding::decode_varint(&mut value)?;
-                let start = message.len() - value.len();
-                let end = usize::try_from(len).ok().and_then(|len| start.checked_add(len));
-                if let Some(after) = end.and_then(|end| message.get(end..)) {
-                    self.set(tag, message.slice(start..message.len() - after.len()));
-                    rest = after;
-                    continue;
-                }
-            } else if tag == 8 && wire_type == WireType::Varint {
-                self.access_control_request_private_network = prost::encoding::decode_varint(&mut rest)? != 0;
-                continue;
-            }
-            // Unknown fields, and prost's own errors for malformed ones.
-            self.merge_field(tag, wire_type, &mut rest, DecodeContext::default())?;
-        }
-        Ok(())
+    /// One pass over the whole message, which is copied from `buf` at once
+    /// (after what an earlier merge read).
+    fn merge(&mut self, buf: impl Buf) -> Result<(), prost::DecodeError> {
+        let at = self.message.len();
+        self.message.reserve_exact(buf.remaining());
+        self.message.put(buf);
+        self.fields.read(&self.message, at)
     }
 
     fn merge_field(
@@ -122,47 +265,32 @@ impl prost::Message for CheckOriginCall {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
-        use prost::encoding::{bool, bytes};
         match tag {
             1..=7 | 9 => {
                 let mut value = Bytes::new();
-                bytes::merge(wire_type, &mut value, buf, ctx)?;
-                self.set(tag, value);
+                prost::encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
+                let start = self.message.len();
+                self.message.extend_from_slice(&value);
+                self.fields.set(tag, start..self.message.len());
                 Ok(())
             }
-            8 => bool::merge(wire_type, &mut self.access_control_request_private_network, buf, ctx),
+            8 => prost::encoding::bool::merge(wire_type, &mut self.fields.private_network, buf, ctx),
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        use prost::encoding::bytes;
-        self.origin.as_ref().map_or(0, |v| bytes::encoded_len(1, v))
-            + if self.method.is_empty() {
-                0
-            } else {
-                bytes::encoded_len(2, &self.method)
-            }
-            + self
-                .access_control_request_method
-                .as_ref()
-                .map_or(0, |v| bytes::encoded_len(3, v))
-            + bytes::encoded_len_repeated(4, &self.access_control_request_headers)
-            + [(5, &self.scheme), (6, &self.authority), (7, &self.path)]
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(tag, v)| bytes::encoded_len(tag, v))
-                .sum::<usize>()
-            + if self.access_control_request_private_network {
-                2
-            } else {
-                0
-            }
-            + if self.tenant.is_empty() {
-                0
-            } else {
-                bytes::encoded_len(9, &self.tenant)
-            }
+        let len = |tag, value: &[u8]| sub_len(tag, value.len());
+        let present = |tag, value: &[u8]| if value.is_empty() { 0 } else { len(tag, value) };
+        self.origin().map_or(0, |v| len(1, v))
+            + present(2, self.method())
+            + self.access_control_request_method().map_or(0, |v| len(3, v))
+            + self.access_control_request_headers().map(|v| len(4, v)).sum::<usize>()
+            + present(5, self.scheme())
+            + present(6, self.authority())
+            + present(7, self.path())
+            + if self.fields.private_network { 2 } else { 0 }
+            + present(9, self.tenant())
     }
 
     fn clear(&mut self) {
@@ -345,28 +473,44 @@ impl Writer {
         if len != 0 {
             self.put_sub(tag, len);
             for piece in pieces {
-                self.out.put_slice(piece.as_bytes());
+                self.out.extend_from_slice(piece.as_bytes());
             }
         }
     }
 
     /// Bytes whose key and length were written with [`Writer::put_sub`].
     pub fn put_raw(&mut self, value: &str) {
-        self.out.put_slice(value.as_bytes());
+        self.out.extend_from_slice(value.as_bytes());
     }
 
     /// A varint field: an enum, a `uint32`, a non-negative `int32` or a `bool`.
     pub fn put_varint(&mut self, tag: u32, value: u64) {
         if value != 0 {
-            encode_key(tag, WireType::Varint, &mut self.out);
-            encode_varint(value, &mut self.out);
+            self.put_key(tag, WireType::Varint);
+            self.put_raw_varint(value);
         }
     }
 
     /// The key and length of a sub-message whose fields follow.
     pub fn put_sub(&mut self, tag: u32, len: usize) {
-        encode_key(tag, WireType::LengthDelimited, &mut self.out);
-        encode_varint(len as u64, &mut self.out);
+        self.put_key(tag, WireType::LengthDelimited);
+        self.put_raw_varint(len as u64);
+    }
+
+    fn put_key(&mut self, tag: u32, wire_type: WireType) {
+        self.put_raw_varint(u64::from(tag << 3 | wire_type as u32));
+    }
+
+    /// prost's `encode_varint`, as pushes into the buffer sized up front:
+    /// prost writes each byte through `BufMut`, which for a `Vec` is a
+    /// call and a copy per byte, and keys and lengths are most of what an
+    /// answer writes (docs/benchmarks.md).
+    fn put_raw_varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.out.push((value & 0x7f) as u8 | 0x80);
+            value >>= 7;
+        }
+        self.out.push(value as u8);
     }
 
     /// The message written.
@@ -406,4 +550,21 @@ pub fn varint_len(tag: u32, value: u64) -> usize {
 /// Length of a present sub-message whose own fields take `len` bytes.
 pub fn sub_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_are_written_as_prost_writes_them() {
+        let values = (0..64).flat_map(|shift| [0u64, 1, 0x7f, 0x80, 0xff, 0x3fff, 0x4000].map(|v| v << shift));
+        for value in values.chain([u64::MAX]) {
+            let mut ours = Writer::with_len(0);
+            ours.put_raw_varint(value);
+            let mut prost = Vec::new();
+            prost::encoding::encode_varint(value, &mut prost);
+            assert_eq!(ours.out, prost, "{value:#x}");
+        }
+    }
 }

@@ -86,16 +86,52 @@ proptest! {
             tenant,
         };
         let call = CheckOriginCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
-        let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
-        prop_assert_eq!(call.origin.as_ref().map(utf8), request.origin);
-        prop_assert_eq!(utf8(&call.method), request.method);
-        prop_assert_eq!(call.access_control_request_method.as_ref().map(utf8), request.access_control_request_method);
-        prop_assert_eq!(call.access_control_request_headers.iter().map(utf8).collect::<Vec<_>>(), request.access_control_request_headers);
-        prop_assert_eq!(utf8(&call.scheme), request.scheme);
-        prop_assert_eq!(utf8(&call.authority), request.authority);
-        prop_assert_eq!(utf8(&call.path), request.path);
-        prop_assert_eq!(utf8(&call.tenant), request.tenant);
-        prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
+        // As text: through one check of the whole message, or string by
+        // string when a length takes two bytes (a string of 128 or more).
+        let mut lines = corsd::grpc::wire::HeaderLines::default();
+        let text = call.text(&mut lines).unwrap();
+        prop_assert_eq!(text.origin, request.origin.as_deref());
+        prop_assert_eq!(text.method, &request.method);
+        prop_assert_eq!(text.request_method, request.access_control_request_method.as_deref());
+        prop_assert_eq!(lines.as_slice(), &request.access_control_request_headers);
+        prop_assert_eq!((text.scheme, text.authority, text.path, text.tenant), (&*request.scheme, &*request.authority, &*request.path, &*request.tenant));
+        let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        prop_assert_eq!(call.origin().map(utf8), request.origin);
+        prop_assert_eq!(utf8(call.method()), request.method);
+        prop_assert_eq!(call.access_control_request_method().map(utf8), request.access_control_request_method);
+        prop_assert_eq!(call.access_control_request_headers().map(utf8).collect::<Vec<_>>(), request.access_control_request_headers);
+        prop_assert_eq!(utf8(call.scheme()), request.scheme);
+        prop_assert_eq!(utf8(call.authority()), request.authority);
+        prop_assert_eq!(utf8(call.path()), request.path);
+        prop_assert_eq!(utf8(call.tenant()), request.tenant);
+        prop_assert_eq!(call.access_control_request_private_network(), request.access_control_request_private_network);
+    }
+
+    /// Merging a second message into a call read from a first one reads
+    /// what prost's merge gives: later strings win, header lines add up.
+    #[test]
+    fn check_origin_calls_merge_as_prost_merges(
+        (first, second) in (prop::collection::vec(text(), 5), prop::collection::vec(text(), 5)),
+    ) {
+        let request = |s: &[String]| CheckOriginRequest {
+            origin: Some(s[0].clone()),
+            method: s[1].clone(),
+            access_control_request_headers: vec![s[2].clone()],
+            authority: s[3].clone(),
+            tenant: s[4].clone(),
+            ..Default::default()
+        };
+        let mut prost = request(&first);
+        prost.merge(&request(&second).encode_to_vec()[..]).unwrap();
+        let mut call = CheckOriginCall::decode(&request(&first).encode_to_vec()[..]).unwrap();
+        call.merge(&request(&second).encode_to_vec()[..]).unwrap();
+        let mut lines = corsd::grpc::wire::HeaderLines::default();
+        let text = call.text(&mut lines).unwrap();
+        prop_assert_eq!(text.origin, prost.origin.as_deref());
+        prop_assert_eq!(text.method, &prost.method);
+        prop_assert_eq!(lines.as_slice(), &prost.access_control_request_headers);
+        prop_assert_eq!((text.authority, text.tenant), (&*prost.authority, &*prost.tenant));
+        prop_assert_eq!(call.encoded_len(), prost.encoded_len());
     }
 
     /// Any bytes at all: where prost's generated message decodes, the
@@ -108,19 +144,19 @@ proptest! {
         match CheckOriginRequest::decode(&bytes[..]) {
             Ok(request) => {
                 let call = ours.unwrap();
-                let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
-                prop_assert_eq!(call.origin.as_ref().map(utf8), request.origin);
-                prop_assert_eq!(utf8(&call.method), request.method);
-                prop_assert_eq!(utf8(&call.path), request.path);
-                prop_assert_eq!(call.access_control_request_headers.len(), request.access_control_request_headers.len());
-                prop_assert_eq!(call.access_control_request_private_network, request.access_control_request_private_network);
+                let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                prop_assert_eq!(call.origin().map(utf8), request.origin);
+                prop_assert_eq!(utf8(call.method()), request.method);
+                prop_assert_eq!(utf8(call.path()), request.path);
+                prop_assert_eq!(call.access_control_request_headers().len(), request.access_control_request_headers.len());
+                prop_assert_eq!(call.access_control_request_private_network(), request.access_control_request_private_network);
             }
             Err(_) => {
                 if let Ok(call) = ours {
                     // Accepted only because a string is not UTF-8.
-                    let fields = [Some(&call.method), call.origin.as_ref(), Some(&call.scheme), Some(&call.authority), Some(&call.path)];
-                    let not_text = fields.into_iter().flatten().chain(call.access_control_request_method.iter())
-                        .chain(call.access_control_request_headers.iter())
+                    let fields = [Some(call.method()), call.origin(), Some(call.scheme()), Some(call.authority()), Some(call.path())];
+                    let not_text = fields.into_iter().flatten().chain(call.access_control_request_method())
+                        .chain(call.access_control_request_headers())
                         .any(|b| std::str::from_utf8(b).is_err());
                     prop_assert!(not_text, "accepted what prost refuses: {:?}", bytes);
                 }
@@ -176,7 +212,7 @@ proptest! {
         let call = AuthzCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
         let http = call.attributes.unwrap().request.unwrap().http.unwrap();
         let want = request.attributes.unwrap().request.unwrap().http.unwrap();
-        let utf8 = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+        let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         prop_assert_eq!(utf8(&http.method), want.method);
         prop_assert_eq!(utf8(&http.host), want.host);
         prop_assert_eq!(utf8(&http.path), want.path);

@@ -180,11 +180,43 @@ impl Scope {
             return true;
         }
         // The query (and a fragment, which browsers never send) is ignored.
-        let end = path.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(path.len());
-        let path = path.get(..end).unwrap_or(path);
+        // A prefix holds neither `?` nor `#`, so a path whose part before
+        // them starts with the prefix starts with it whole, and the query
+        // need not be looked for first.
         self.paths.iter().any(|prefix| match path.strip_prefix(&**prefix) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            Some(rest) => matches!(rest.bytes().next(), None | Some(b'/' | b'?' | b'#')),
             None => false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn scope_of(paths: &[String]) -> Scope {
+        Scope {
+            paths: paths.iter().map(|p| p.as_str().into()).collect(),
+            ..Scope::default()
+        }
+    }
+
+    proptest! {
+        /// A path is covered exactly when its part before the query and
+        /// fragment is a prefix or lies below one.
+        #[test]
+        fn the_query_is_ignored(
+            prefixes in prop::collection::vec("(/[a-c]{0,2}){1,3}", 1..3),
+            path in "[/a-c?#]{0,10}",
+        ) {
+            let prefixes: Vec<String> = prefixes.into_iter().map(|p| p.trim_end_matches('/').to_owned()).collect();
+            let before_query = path.split(['?', '#']).next().unwrap_or_default();
+            let expected = prefixes.iter().any(|p| {
+                before_query == p || before_query.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            });
+            prop_assert_eq!(scope_of(&prefixes).covers_path(&path), expected || path.is_empty());
+        }
     }
 }
