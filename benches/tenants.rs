@@ -11,45 +11,12 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use corsd::core::{Policy, Request, TenantSet, Verdict, decide, decide_for};
+use corsd::core::{Policy, TenantSet, Verdict, decide, decide_for};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-/// Tenant `i`'s policy: 20 entries, in effect on its own host and the shared one.
-fn tenant_text(i: usize) -> String {
-    let mut text = format!("label = \"org-{i}\"\n[scope]\nhosts = [\"org-{i}.my.example.com\", \"api.example.com\"]\n");
-    for e in 0..20 {
-        if e % 2 == 0 {
-            text.push_str(&format!("[[entries]]\norigin = \"https://app-{e}.org-{i}.example\"\n"));
-        } else {
-            text.push_str(&format!("[[entries]]\norigin = \"https://*.p{e}.org-{i}.example\"\n"));
-        }
-    }
-    text
-}
-
-struct Held(Policy);
-
-impl AsRef<Policy> for Held {
-    fn as_ref(&self) -> &Policy {
-        &self.0
-    }
-}
-
-fn compile(i: usize) -> Policy {
-    Policy::compile("t", tenant_text(i).as_bytes()).unwrap().policy
-}
-
-fn set_of(n: usize) -> TenantSet<Held> {
-    TenantSet::from_tenants((0..n).map(|i| (Arc::from(format!("org-{i}")), Arc::new(Held(compile(i))))))
-}
-
-fn request(authority: &str) -> Request<'_> {
-    Request {
-        authority,
-        path: "/services/data",
-        ..Request::get("https://app-4.org-7.example")
-    }
-}
+#[path = "support/tenants.rs"]
+mod support;
+use support::{Held, compile, request, set_of, tenant_text};
 
 fn selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("selection");

@@ -337,8 +337,32 @@ impl Decision<'_> {
 ///
 /// Every path ends in one `Decision` expression, returned as it is built.
 pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -> Decision<'a> {
-    // The target's host and port, read once for the scope and same-origin tests.
-    let target = split_host_port(request.authority);
+    decide_for_target(policy, request, Target::of(request.authority))
+}
+
+/// The target's host and port, read once from its authority for the tenant,
+/// the scope and the same-origin tests; `None` when the colons do not make
+/// sense.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a>(Option<(&'a str, Option<&'a str>)>);
+
+impl<'a> Target<'a> {
+    pub(crate) fn of(authority: &'a str) -> Self {
+        Target(split_host_port(authority))
+    }
+
+    /// The host without its port; the whole authority when it does not split.
+    pub(crate) fn host_or(&self, authority: &'a str) -> &'a str {
+        self.0.map_or(authority, |(host, _)| host)
+    }
+}
+
+/// [`decide`], with the target already split.
+pub(crate) fn decide_for_target<'a, H: AsRef<str>>(
+    policy: &'a Policy,
+    request: &Request<'a, H>,
+    Target(target): Target<'a>,
+) -> Decision<'a> {
     if !policy
         .scope
         .covers(target.map_or(request.authority, |(host, _)| host), request.path)

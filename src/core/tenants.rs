@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use super::decide::{Decision, Reason, Request, decide, without_policy};
+use super::decide::{Decision, Reason, Request, Target, decide_for_target, without_policy};
 use super::origin::MAX_HOST_LEN;
 use super::policy::Policy;
 
@@ -32,35 +32,53 @@ pub fn is_tenant_name(name: &str) -> bool {
             .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// The tenants listing one scope host: how many, and the one when there is
-/// exactly one (a shared host is listed by several, and then no one decides).
-#[derive(Debug)]
-struct Owners<T> {
+/// The tenants listing one scope host: how many, and the slot of the one
+/// when there is exactly one (a shared host is listed by several, and then
+/// no one decides).
+#[derive(Debug, Clone, Copy)]
+struct Owners {
     count: usize,
-    sole: Option<(Arc<str>, Arc<T>)>,
+    sole: Option<usize>,
 }
 
-impl<T> Clone for Owners<T> {
-    fn clone(&self) -> Self {
-        Owners {
-            count: self.count,
-            sole: self.sole.clone(),
-        }
-    }
+/// Which slot each tenant name and each scope host leads to.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    names: HashMap<Arc<str>, usize, RandomState>,
+    /// A host listed by one tenant leads straight to it, so selecting by
+    /// host is one lookup.
+    hosts: HashMap<Arc<str>, Owners, RandomState>,
 }
+
+/// A tenant's name and what the caller keeps for it; `None` once removed.
+type Slot<T> = Option<(Arc<str>, Arc<T>)>;
 
 /// The policies in force, by tenant name, and the index of their scope hosts.
 ///
 /// `T` is what the caller keeps per tenant (the server keeps a snapshot with
 /// its load time); it lends its [`Policy`] through `AsRef`.
+///
+/// Replacing one tenant costs the same whatever the tenant count: the
+/// tenants sit in a persistent vector, where a change copies one path of
+/// the tree and shares the rest, and the index of names and hosts is shared
+/// between the two sets unless a tenant is added or removed or its scope
+/// hosts change (then it is copied, pointers only).
 #[derive(Debug)]
 pub struct TenantSet<T> {
-    tenants: HashMap<Arc<str>, Arc<T>, RandomState>,
-    /// Each scope host and who lists it: a host listed by one tenant leads
-    /// straight to it, so selecting by host is one lookup.
-    hosts: HashMap<Arc<str>, Owners<T>, RandomState>,
+    index: Arc<Index>,
+    slots: imbl::Vector<Slot<T>>,
     /// The tenant `""` of single mode, which decides unnamed requests.
     default: Option<Arc<T>>,
+}
+
+impl<T> Clone for TenantSet<T> {
+    fn clone(&self) -> Self {
+        TenantSet {
+            index: Arc::clone(&self.index),
+            slots: self.slots.clone(),
+            default: self.default.clone(),
+        }
+    }
 }
 
 /// What [`TenantSet::select`] found.
@@ -87,8 +105,8 @@ impl<T: AsRef<Policy>> TenantSet<T> {
     /// A set of named tenants (directory mode); none is the default.
     pub fn from_tenants(tenants: impl IntoIterator<Item = (Arc<str>, Arc<T>)>) -> Self {
         let mut set = TenantSet {
-            tenants: HashMap::default(),
-            hosts: HashMap::default(),
+            index: Arc::default(),
+            slots: imbl::Vector::new(),
             default: None,
         };
         for (name, tenant) in tenants {
@@ -98,131 +116,111 @@ impl<T: AsRef<Policy>> TenantSet<T> {
     }
 
     /// The same set with `name`'s tenant replaced, added (`Some`) or removed
-    /// (`None`). The other tenants' policies are shared, not copied: the two
-    /// maps are cloned (pointers only) and the changed tenant's hosts updated.
+    /// (`None`). The other tenants' policies are shared, not copied.
     pub fn with(&self, name: &str, tenant: Option<Arc<T>>) -> Self {
-        let mut set = TenantSet {
-            tenants: self.tenants.clone(),
-            hosts: self.hosts.clone(),
-            default: self.default.clone(),
+        let mut set = self.clone();
+        let Some((name, &slot)) = self.index.names.get_key_value(name) else {
+            if let Some(new) = tenant {
+                set.insert(Arc::from(name), new);
+            }
+            return set;
         };
-        let name: Arc<str> = match self.tenants.get_key_value(name) {
-            Some((known, _)) => Arc::clone(known),
-            None => Arc::from(name),
+        let Some(old) = self.tenant_in(slot).map(|(_, old)| Arc::clone(old)) else {
+            return set;
         };
-        let old = set.tenants.remove(&name);
-        match (&old, tenant) {
-            (Some(old), Some(new)) => {
-                // The hosts both versions list keep their count; only the
-                // tenant they lead to changes.
-                for host in (**old).as_ref().scope_hosts() {
-                    set.unlist(host, &name);
+        fn hosts<T: AsRef<Policy>>(t: &Arc<T>) -> Vec<&str> {
+            (**t).as_ref().scope_hosts().collect()
+        }
+        match tenant {
+            Some(new) => {
+                if !(*old).as_ref().scope_hosts().eq((*new).as_ref().scope_hosts()) {
+                    let index = Arc::make_mut(&mut set.index);
+                    let old_hosts = hosts(&old);
+                    index.unlist(&old_hosts, slot);
+                    index.list(&hosts(&new), slot);
+                    index.resolve_sole(&old_hosts, slot, &self.slots);
                 }
-                set.list(&name, &new);
-                set.resolve_sole(&name, old);
                 if name.is_empty() && set.default.is_some() {
                     set.default = Some(Arc::clone(&new));
                 }
-                set.tenants.insert(name, new);
+                set.put(slot, Some((Arc::clone(name), new)));
             }
-            (Some(old), None) => {
-                for host in (**old).as_ref().scope_hosts() {
-                    set.unlist(host, &name);
-                }
-                set.resolve_sole(&name, old);
+            None => {
+                let index = Arc::make_mut(&mut set.index);
+                index.names.remove(name);
+                let old_hosts = hosts(&old);
+                index.unlist(&old_hosts, slot);
+                index.resolve_sole(&old_hosts, slot, &self.slots);
                 if name.is_empty() {
                     set.default = None;
                 }
+                set.put(slot, None);
             }
-            (None, Some(new)) => set.insert(name, new),
-            (None, None) => {}
         }
         set
     }
 
     fn insert(&mut self, name: Arc<str>, tenant: Arc<T>) {
-        self.list(&name, &tenant);
-        self.tenants.insert(name, tenant);
+        let slot = self.slots.len();
+        let index = Arc::make_mut(&mut self.index);
+        index.list(&(*tenant).as_ref().scope_hosts().collect::<Vec<_>>(), slot);
+        index.names.insert(Arc::clone(&name), slot);
+        self.slots.push_back(Some((name, tenant)));
     }
 
-    /// Counts `tenant`'s hosts as listed by `name`.
-    fn list(&mut self, name: &Arc<str>, tenant: &Arc<T>) {
-        for host in (**tenant).as_ref().scope_hosts() {
-            let owners = self.hosts.entry(host.into()).or_insert(Owners { count: 0, sole: None });
-            owners.count += 1;
-            owners.sole = (owners.count == 1).then(|| (Arc::clone(name), Arc::clone(tenant)));
+    fn put(&mut self, slot: usize, value: Slot<T>) {
+        if let Some(place) = self.slots.get_mut(slot) {
+            *place = value;
         }
     }
 
-    /// Takes `name` off `host`'s count.
-    fn unlist(&mut self, host: &str, name: &str) {
-        let Some(owners) = self.hosts.get_mut(host) else {
-            return;
-        };
-        owners.count = owners.count.saturating_sub(1);
-        if owners.count == 0 {
-            self.hosts.remove(host);
-        } else if owners.sole.as_ref().is_some_and(|(sole, _)| **sole == *name) || owners.count == 1 {
-            owners.sole = None;
-        }
-    }
-
-    /// After `name`'s old version `old` was unlisted: a host left with one
-    /// owner leads to it. Finding it scans the tenants, which happens only
-    /// when a host shared by exactly two tenants loses one.
-    fn resolve_sole(&mut self, name: &str, old: &Arc<T>) {
-        for host in (**old).as_ref().scope_hosts() {
-            let Some(owners) = self.hosts.get(host) else {
-                continue;
-            };
-            if owners.count != 1 || owners.sole.is_some() {
-                continue;
-            }
-            let sole = self
-                .tenants
-                .iter()
-                .find(|(other, tenant)| ***other != *name && (***tenant).as_ref().scope_hosts().any(|h| h == host))
-                .map(|(other, tenant)| (Arc::clone(other), Arc::clone(tenant)));
-            if let Some(owners) = self.hosts.get_mut(host) {
-                owners.sole = sole;
-            }
-        }
+    fn tenant_in(&self, slot: usize) -> Option<(&Arc<str>, &Arc<T>)> {
+        self.slots.get(slot)?.as_ref().map(|(name, tenant)| (name, tenant))
     }
 
     /// Chooses the tenant that decides a request to `host` (the target's
     /// authority or host, any case, maybe with a port and a trailing dot),
     /// naming `named` (empty: none named).
     pub fn select<'s>(&'s self, named: &str, host: &str) -> Selection<'s, T> {
+        self.select_for_target(named, Target::of(host).host_or(host))
+    }
+
+    /// [`TenantSet::select`] for a target host already split from its port.
+    fn select_for_target<'s>(&'s self, named: &str, host: &str) -> Selection<'s, T> {
+        let found = |slot: usize| match self.tenant_in(slot) {
+            Some((name, tenant)) => Selection::Tenant(name, &**tenant),
+            None => Selection::None,
+        };
         if !named.is_empty() {
-            return match self.tenants.get_key_value(named) {
-                Some((name, tenant)) => Selection::Tenant(name, tenant),
+            return match self.index.names.get(named) {
+                Some(&slot) => match found(slot) {
+                    Selection::None => Selection::Unknown,
+                    selected => selected,
+                },
                 None => Selection::Unknown,
             };
         }
         if let Some(default) = &self.default {
             return Selection::Tenant("", default);
         }
-        let host = match super::origin::split_host_port(host) {
-            Some((host, _)) => host,
-            None => host,
-        };
         let host = host.strip_suffix('.').unwrap_or(host);
-        let owners = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        // Hosts are indexed in lowercase, as gateways mostly pass them: the
+        // host as given is looked up first, and lowercased only if missed.
+        let owners = self.index.hosts.get(host).or_else(|| {
+            if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+                return None;
+            }
             let mut buffer = [0u8; MAX_HOST_LEN];
-            let Some(lower) = buffer.get_mut(..host.len()) else {
-                return Selection::None;
-            };
+            let lower = buffer.get_mut(..host.len())?;
             lower.copy_from_slice(host.as_bytes());
             lower.make_ascii_lowercase();
-            std::str::from_utf8(lower).ok().and_then(|h| self.hosts.get(h))
-        } else {
-            self.hosts.get(host)
-        };
+            std::str::from_utf8(lower).ok().and_then(|h| self.index.hosts.get(h))
+        });
         match owners {
             Some(Owners {
                 count: 1,
-                sole: Some((name, tenant)),
-            }) => Selection::Tenant(name, tenant),
+                sole: Some(slot),
+            }) => found(*slot),
             Some(Owners { count, .. }) if *count > 1 => Selection::Ambiguous,
             _ => Selection::None,
         }
@@ -230,24 +228,79 @@ impl<T: AsRef<Policy>> TenantSet<T> {
 
     /// One tenant by name.
     pub fn get(&self, name: &str) -> Option<&Arc<T>> {
-        self.tenants.get(name)
+        self.tenant_in(*self.index.names.get(name)?).map(|(_, tenant)| tenant)
     }
 
     /// The tenants, in name order.
     pub fn sorted(&self) -> Vec<(&str, &Arc<T>)> {
-        let mut all: Vec<(&str, &Arc<T>)> = self.tenants.iter().map(|(n, t)| (&**n, t)).collect();
+        let mut all: Vec<(&str, &Arc<T>)> = self
+            .index
+            .names
+            .values()
+            .filter_map(|&slot| self.tenant_in(slot))
+            .map(|(name, tenant)| (&**name, tenant))
+            .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
 
     /// How many tenants there are.
     pub fn len(&self) -> usize {
-        self.tenants.len()
+        self.index.names.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
+        self.index.names.is_empty()
+    }
+}
+
+impl Index {
+    /// Counts `hosts` as listed by the tenant in `slot`.
+    fn list(&mut self, hosts: &[&str], slot: usize) {
+        for &host in hosts {
+            let owners = self.hosts.entry(host.into()).or_insert(Owners { count: 0, sole: None });
+            owners.count += 1;
+            owners.sole = (owners.count == 1).then_some(slot);
+        }
+    }
+
+    /// Takes the tenant in `slot` off the count of each of `hosts`.
+    fn unlist(&mut self, hosts: &[&str], slot: usize) {
+        for &host in hosts {
+            let Some(owners) = self.hosts.get_mut(host) else {
+                continue;
+            };
+            owners.count = owners.count.saturating_sub(1);
+            if owners.count == 0 {
+                self.hosts.remove(host);
+            } else if owners.sole == Some(slot) || owners.count == 1 {
+                owners.sole = None;
+            }
+        }
+    }
+
+    /// After the old version of the tenant in `slot` was unlisted from
+    /// `hosts`: a host left with one owner leads to it. Finding it scans the
+    /// tenants, which happens only when a host shared by exactly two tenants
+    /// loses one.
+    fn resolve_sole<T: AsRef<Policy>>(&mut self, hosts: &[&str], slot: usize, slots: &imbl::Vector<Slot<T>>) {
+        for &host in hosts {
+            if !self.hosts.get(host).is_some_and(|o| o.count == 1 && o.sole.is_none()) {
+                continue;
+            }
+            let lists_host = |t: &Slot<T>| {
+                t.as_ref()
+                    .is_some_and(|(_, t)| (**t).as_ref().scope_hosts().any(|h| h == host))
+            };
+            let sole = slots
+                .iter()
+                .enumerate()
+                .find_map(|(other, tenant)| (other != slot && lists_host(tenant)).then_some(other));
+            if let Some(owners) = self.hosts.get_mut(host) {
+                owners.sole = sole;
+            }
+        }
     }
 }
 
@@ -275,10 +328,11 @@ pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
         decision: without_policy(reason, request),
         selected: None,
     };
-    match tenants.select(named, request.authority) {
+    let target = Target::of(request.authority);
+    match tenants.select_for_target(named, target.host_or(request.authority)) {
         Selection::Tenant(tenant, selected) => TenantDecision {
             tenant,
-            decision: decide(selected.as_ref(), request),
+            decision: decide_for_target(selected.as_ref(), request, target),
             selected: Some(selected),
         },
         Selection::Unknown => unselected(named, Reason::TenantUnknown),
@@ -384,6 +438,13 @@ mod tests {
                 for host in hosts {
                     proptest::prop_assert_eq!(name(set.select("", host)), name(fresh.select("", host)), "{}", host);
                 }
+                for named in ["t0", "t1", "t2", "t3"] {
+                    proptest::prop_assert_eq!(name(set.select(named, "a.example")), name(fresh.select(named, "a.example")), "{}", named);
+                    let hosts_of = |s: &TenantSet<Held>| s.get(named).map(|t| t.0.scope_hosts().map(str::to_owned).collect::<Vec<_>>());
+                    proptest::prop_assert_eq!(hosts_of(&set), hosts_of(&fresh), "{}", named);
+                }
+                let names = |s: &TenantSet<Held>| s.sorted().into_iter().map(|(n, _)| n.to_owned()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(names(&set), names(&fresh));
                 proptest::prop_assert_eq!(set.len(), current.len());
             }
         }
