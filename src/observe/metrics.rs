@@ -7,6 +7,7 @@
 //! per API and reason. Gauges about the policies are set from the store at
 //! each scrape.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,8 +68,10 @@ pub struct Metrics {
     /// With `--metrics-per-tenant`: the family the tenants' counts are copied into.
     per_tenant: Option<IntCounterVec>,
     /// One scrape at a time copies counts, so two cannot both add the same
-    /// difference. Scrapes only: the decision path never takes it.
-    scraping: std::sync::Mutex<()>,
+    /// difference. Scrapes only: the decision path never takes it. It holds
+    /// the tenants the last scrape exported, so the series of a tenant that
+    /// is gone since are removed.
+    scraping: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Why the metrics could not be set up: a name or label the registry refused.
@@ -149,7 +152,7 @@ impl Metrics {
             last_reload,
             reloads,
             per_tenant,
-            scraping: std::sync::Mutex::new(()),
+            scraping: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -161,7 +164,7 @@ impl Metrics {
     /// The exposition in Prometheus' text format, with the policies' gauges
     /// read from the store now.
     pub fn encode(&self) -> Result<String, MetricsError> {
-        let _scraping = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut exported = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenants = self.store.tenants_full();
         let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
         self.tenants.set(i64::try_from(tenants.len()).unwrap_or(i64::MAX));
@@ -189,6 +192,27 @@ impl Metrics {
                     copy(name, &snapshot.counts, None);
                 }
             }
+            // A removed tenant's series go with it (and start from zero if
+            // it comes back, as its new policy's counts do).
+            exported.retain(|name| {
+                let present = tenants.get(name).is_some();
+                if !present {
+                    for api in [Api::Corsd, Api::ExtAuthz] {
+                        for reason in Reason::ALL {
+                            let labels = [api.as_str(), reason.verdict().as_str(), reason.as_str(), name.as_str()];
+                            let _ = family.remove_label_values(&labels);
+                        }
+                    }
+                }
+                present
+            });
+            exported.extend(
+                tenants
+                    .sorted()
+                    .into_iter()
+                    .map(|(name, _)| name.to_owned())
+                    .filter(|n| !n.is_empty()),
+            );
             // Tenant "" is single mode's policy and the decisions no tenant's
             // policy made: one series, both counts.
             let single = tenants.get("").map(|s| Arc::clone(&s.counts));

@@ -473,4 +473,20 @@ async fn per_tenant_metrics_label_the_deciding_tenant() {
         assert!(body.contains(line), "no {line} in:\n{body}");
     }
     assert!(body.contains("corsd_tenants 2"), "{body}");
+
+    // A removed tenant's series go with it; added again, it counts on.
+    let globex =
+        "corsd_decisions_total{api=\"corsd\",reason=\"origin_not_allowed\",tenant=\"globex\",verdict=\"deny\"}";
+    store.swap_tenant("globex", None);
+    let body = get(served.metrics_port, "/metrics").await.body;
+    assert!(!body.contains("tenant=\"globex\""), "{body}");
+    assert!(body.contains("corsd_tenants 1"), "{body}");
+    assert!(body.contains("tenant=\"acme\""), "{body}");
+    store.swap_tenant("globex", Some(policy("https://globex.example")));
+    client
+        .check_origin(call("globex", "https://acme.example"))
+        .await
+        .unwrap();
+    let body = get(served.metrics_port, "/metrics").await.body;
+    assert!(body.contains(&format!("{globex} 2")), "{body}");
 }
