@@ -7,7 +7,7 @@
 # are dumped. The instructions counted divided by CALLS is the cost of a call,
 # everything the server does for it included (HTTP/2, gRPC, the handler).
 #
-#   benches/callgrind.sh      # CALLS=20000 KEEP=DIR (keep the dumps for callgrind_annotate)
+#   benches/callgrind.sh      # CALLS=20000 KEEP=1 (keep the dumps for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,13 @@ grep -q "corsd listening" "$work/corsd.log" || { cat "$work/corsd.log" >&2; exit
 
 python3 benches/support/grpc-frames.py "$work"
 declare -A paths=([check_origin]=/corsd.v1.CorsPolicy/CheckOrigin [health]=/grpc.health.v1.Health/Check)
+# h2load counts HTTP statuses, and gRPC answers 200 whatever its status:
+# each call is first checked to be answered with grpc-status 0.
+for name in check_origin health; do
+  curl -s --http2-prior-knowledge -D "$work/$name.head" -o /dev/null -H 'content-type: application/grpc' \
+    -H 'te: trailers' --data-binary "@$work/$name.bin" "http://127.0.0.1:$port${paths[$name]}"
+  grep -qi '^grpc-status: 0' "$work/$name.head" || { echo "$name: not answered OK" >&2; cat "$work/$name.head" >&2; exit 1; }
+done
 
 load() { # name count
   local out
@@ -41,13 +48,18 @@ load() { # name count
 }
 
 declare -A per_call=()
+# A pause before zeroing and before dumping lets the server finish closing
+# the previous run's connections, so they count in neither.
+dumps=0
 for name in check_origin health; do
   load "$name" 2000
+  sleep 1
   callgrind_control --zero "$pid" >/dev/null
   load "$name" "$calls"
+  sleep 1
   callgrind_control --dump="$name" "$pid" >/dev/null
-  dump=$(ls -t "$work"/callgrind.* | head -1)
-  mv "$dump" "$work/$name.callgrind"
+  dumps=$((dumps + 1))
+  mv "$work/callgrind.$pid.$dumps" "$work/$name.callgrind"
   total=$(awk '/^summary:/ {print $2}' "$work/$name.callgrind")
   per_call[$name]=$((total / calls))
   printf '  %-13s %8d instructions per call\n' "$name" "${per_call[$name]}"

@@ -29,7 +29,11 @@ entries="${ENTRIES:-100}"
 # Which listeners are measured, in this order and then in reverse each round
 # (all six by default; "native rbac" gives the native-mode comparison more
 # rounds in the same time).
-listeners="${LISTENERS:-none native rbac corsd null static}"
+read -ra listeners <<<"${LISTENERS:-none native rbac corsd null static}"
+for name in "${listeners[@]}"; do
+  [[ " none native rbac corsd null static " == *" $name "* ]] \
+    || { echo "LISTENERS: no listener $name (none, native, rbac, corsd, null, static)" >&2; exit 2; }
+done
 secs="${SECS:-5}"
 rounds="${ROUNDS:-2}"
 conns="${CONNS:-32}"
@@ -224,6 +228,10 @@ run() { # name
   total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
 }
 ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
+summary() { # a b note: the ratio of two listeners measured
+  [[ -n ${total[$1]:-} && -n ${total[$2]:-} ]] && printf '  %-28s %s  %s\n' "$1 / $2" "$(ratio "$1" "$2")" "$3"
+  true
+}
 all="0-$((cpus - 1))"
 for layout in $layouts; do
   case $layout in
@@ -233,13 +241,10 @@ for layout in $layouts; do
   esac
   total=()
   for ((r = 0; r < rounds; r++)); do
-    for name in $listeners $(tac -s ' ' <<<"$listeners "); do run "$name"; done
+    for name in "${listeners[@]}"; do run "$name"; done
+    for ((i = ${#listeners[@]} - 1; i >= 0; i--)); do run "${listeners[i]}"; done
   done
   echo "summary ($layout):"
-  summary() { # a b note
-    [[ -n ${total[$1]:-} && -n ${total[$2]:-} ]] && printf '  %-28s %s  %s\n' "$1 / $2" "$(ratio "$1" "$2")" "$3"
-    true
-  }
   summary rbac native "(native mode against Envoy's CORS filter; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
   summary rbac corsd ""
   summary corsd native "(goal >= 0.65)"

@@ -4,8 +4,8 @@
 //! counts do not move with the machine's load, unlike the nanoseconds of
 //! `cargo bench --bench tenants`, which times the same cases.
 //!
-//! `cargo bench --bench selection_instructions -- CASE` runs one case
-//! ITERATIONS times; with no case it lists them.
+//! `cargo bench --bench selection_instructions -- CASE [N]` runs one case N
+//! times (default 100,000); with no case it lists them.
 #![allow(missing_docs, reason = "a benchmark binary")]
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +23,7 @@ use corsd::core::{TenantSet, Verdict, decide, decide_for};
 mod support;
 use support::{Held, compile, request, set_of};
 
-/// Iterations of a case.
+/// Iterations of a case unless the command line says.
 const ITERATIONS: usize = 100_000;
 
 /// The loop whose instructions are counted.
@@ -43,11 +43,15 @@ fn main() {
         "by_host/10000",
         "by_name/10000",
     ];
-    // cargo bench passes `--bench`; the case is the other argument.
-    let Some(case) = std::env::args().skip(1).find(|a| !a.starts_with("--")) else {
+    // cargo bench passes `--bench`; the case and the count are the others.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let Some(case) = args.next() else {
         println!("cases: {}", cases.join(" "));
         return;
     };
+    let iterations = args
+        .next()
+        .map_or(ITERATIONS, |n| n.parse().expect("an iteration count"));
     let own = request("org-7.my.example.com");
     let shared = request("api.example.com");
     let check = |verdict| assert_eq!(verdict, Verdict::Allow, "{case}");
@@ -55,12 +59,12 @@ fn main() {
         None if case == "decide_alone" => {
             let alone = compile(7);
             check(decide(&alone, &own).verdict);
-            measure(ITERATIONS, || decide(black_box(&alone), black_box(&own)).verdict);
+            measure(iterations, || decide(black_box(&alone), black_box(&own)).verdict);
         }
         None if case == "single_mode" => {
             let single = TenantSet::single(Arc::new(Held(compile(7))));
             check(decide_for(&single, "", &own).decision.verdict);
-            measure(ITERATIONS, || {
+            measure(iterations, || {
                 decide_for(black_box(&single), "", black_box(&own)).decision.verdict
             });
         }
@@ -72,7 +76,7 @@ fn main() {
                 _ => panic!("unknown case {case}"),
             };
             check(decide_for(&set, named, req).decision.verdict);
-            measure(ITERATIONS, || {
+            measure(iterations, || {
                 decide_for(black_box(&set), black_box(named), black_box(req))
                     .decision
                     .verdict

@@ -61,6 +61,15 @@ fn one_tenant_change(c: &mut Criterion) {
                 set.with(&format!("org-{}", n / 2), Some(Arc::new(Held(policy))))
             })
         });
+        // The rarer change: its scope hosts change too, so the set's index
+        // of names and hosts is copied.
+        let moved = text.replace("api.example.com", "api2.example.com");
+        group.bench_with_input(BenchmarkId::new("compile_and_swap_new_hosts", n), &set, |b, set| {
+            b.iter(|| {
+                let policy = Policy::compile("t", black_box(moved.as_bytes())).unwrap().policy;
+                set.with(&format!("org-{}", n / 2), Some(Arc::new(Held(policy))))
+            })
+        });
     }
     group.finish();
 }

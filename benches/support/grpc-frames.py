@@ -10,6 +10,7 @@ import sys
 
 def field(tag, value):
     data = value.encode()
+    assert len(data) < 128, "one-byte lengths only"
     return bytes([tag << 3 | 2, len(data)]) + data
 
 

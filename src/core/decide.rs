@@ -361,12 +361,9 @@ impl<'a> Target<'a> {
 pub(crate) fn decide_for_target<'a, H: AsRef<str>>(
     policy: &'a Policy,
     request: &Request<'a, H>,
-    Target(target): Target<'a>,
+    target: Target<'a>,
 ) -> Decision<'a> {
-    if !policy
-        .scope
-        .covers(target.map_or(request.authority, |(host, _)| host), request.path)
-    {
+    if !policy.scope.covers(target.host_or(request.authority), request.path) {
         return not_cors(policy, Reason::OutOfScope, ResponseHeaders::default());
     }
     let vary_origin = || ResponseHeaders::one(ResponseHeader::vary(VARY_ORIGIN, true));
@@ -383,7 +380,7 @@ pub(crate) fn decide_for_target<'a, H: AsRef<str>>(
         Ok(RequestOrigin::Null) => return deny(policy, preflight, Reason::OriginNull, None, None),
         Err(Malformed(why)) => return deny(policy, preflight, Reason::OriginMalformed, None, Some(why)),
     };
-    if is_same_origin(&origin, request.scheme, target) {
+    if is_same_origin(&origin, request.scheme, target.0) {
         return not_cors(policy, Reason::SameOrigin, vary_origin());
     }
     let Some(entry) = policy.allowlist.find(&origin).and_then(|i| entry(policy, i)) else {

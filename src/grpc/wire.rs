@@ -1,8 +1,9 @@
 //! The wire forms of corsd's two hot calls, `CheckOrigin` and ext_authz
 //! `Check`, which borrow where the generated messages copy:
 //!
-//! - Requests keep their strings as slices of the received buffer (`Bytes`),
-//!   and read only the fields a decision needs. Every other field is skipped
+//! - Requests read only the fields a decision needs, each string kept where
+//!   it lies: `CheckOrigin` as spans of one copy of its message, ext_authz
+//!   as slices of the received buffer (`Bytes`). Every other field is skipped
 //!   unread, so Envoy's full attribute context costs no allocation.
 //! - Answers are written straight from a decision into one buffer
 //!   ([`Encoded`]). No message of owned strings is built on the way.
@@ -23,12 +24,10 @@ use crate::core::decide::MAX_REQUEST_HEADER_LINES;
 /// Decoding copies the whole message out of the receive buffer once and
 /// reads its fields in one pass, keeping where each string lies in it.
 /// prost's field-by-field merge took a buffer split per field, and was the
-/// larger part of a `CheckOrigin` call's own cost (docs/benchmarks.md); a
-/// split of the receive buffer, even one, costs more than copying the
-/// hundred-odd bytes of a call into a buffer of its own. Reading the
-/// strings as text ([`CheckOriginCall::text`]) checks the UTF-8 of the whole
-/// message once when it can, instead of each string on its own.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// larger part of a `CheckOrigin` call's own cost (docs/benchmarks.md).
+/// Reading the strings as text ([`CheckOriginCall::text`]) checks the UTF-8
+/// of the whole message once when it can, instead of each string on its own.
+#[derive(Clone, Debug, Default)]
 pub struct CheckOriginCall {
     /// The message's bytes, which the spans of `fields` index.
     message: Vec<u8>,
@@ -39,7 +38,7 @@ pub struct CheckOriginCall {
 type Span = std::ops::Range<usize>;
 
 /// The fields of a [`CheckOriginCall`].
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 struct Fields {
     /// `origin` (1); absent: no `Origin` header.
     origin: Option<Span>,
@@ -128,9 +127,11 @@ impl CheckOriginCall {
 
     /// The strings as text, the header lines into `request_headers` (kept
     /// by the caller: they are too large to move), or `INVALID_ARGUMENT`
-    /// naming the first field that is not UTF-8. A message whose bytes are
-    /// all UTF-8 has only one-byte keys and lengths around its strings, so
-    /// each string is text too, and one check covers them all.
+    /// naming the first field, in field order, that is not UTF-8. When the
+    /// whole message is UTF-8 (as it is when every key and length is one
+    /// byte and every string is text), one check covers every string: a
+    /// string is then a slice of that text, taken at char boundaries (which
+    /// `str::get` checks; a string whose ends are not is checked on its own).
     pub fn text<'a>(&'a self, request_headers: &mut HeaderLines<'a>) -> Result<CallText<'a>, Status> {
         let whole = std::str::from_utf8(&self.message).ok();
         let field = |name: &'static str, span: &Span| match whole.and_then(|w| w.get(span.clone())) {
@@ -138,17 +139,20 @@ impl CheckOriginCall {
             None => text(name, self.bytes(span)),
         };
         let f = &self.fields;
+        let origin = f.origin.as_ref().map(|s| field("origin", s)).transpose()?;
+        let method = field("method", &f.method)?;
+        let request_method = f
+            .request_method
+            .as_ref()
+            .map(|s| field("access_control_request_method", s))
+            .transpose()?;
         for span in &f.request_headers {
             request_headers.push(field("access_control_request_headers", span)?);
         }
         Ok(CallText {
-            origin: f.origin.as_ref().map(|s| field("origin", s)).transpose()?,
-            method: field("method", &f.method)?,
-            request_method: f
-                .request_method
-                .as_ref()
-                .map(|s| field("access_control_request_method", s))
-                .transpose()?,
+            origin,
+            method,
+            request_method,
             scheme: field("scheme", &f.scheme)?,
             authority: field("authority", &f.authority)?,
             path: field("path", &f.path)?,
@@ -179,7 +183,6 @@ impl Fields {
 
     /// Reads the fields of `message` from `at` on, in one pass.
     fn read(&mut self, message: &[u8], at: usize) -> Result<(), prost::DecodeError> {
-        let ctx = DecodeContext::default;
         let mut rest = message.get(at..).unwrap_or_default();
         while !rest.is_empty() {
             // Most strings have a one-byte key and a one-byte length.
@@ -200,17 +203,30 @@ impl Fields {
                     let len = prost::encoding::decode_varint(&mut rest)?;
                     let value = usize::try_from(len).ok().and_then(|len| rest.get(..len));
                     let Some(value) = value else {
-                        // prost's own error for a string past the end.
-                        return prost::encoding::bytes::merge(wire_type, &mut Bytes::new(), &mut value_on, ctx());
+                        // A length past the end: prost reads the same and
+                        // refuses it with its own error.
+                        let mut read = Bytes::new();
+                        prost::encoding::bytes::merge(wire_type, &mut read, &mut value_on, DecodeContext::default())?;
+                        let end = message.len() - value_on.len();
+                        self.set(tag, end.saturating_sub(read.len())..end);
+                        rest = value_on;
+                        continue;
                     };
                     let start = message.len() - rest.len();
                     self.set(tag, start..start + value.len());
                     rest = rest.get(value.len()..).unwrap_or_default();
                 }
-                (8, _) => prost::encoding::bool::merge(wire_type, &mut self.private_network, &mut rest, ctx())?,
+                (8, _) => prost::encoding::bool::merge(
+                    wire_type,
+                    &mut self.private_network,
+                    &mut rest,
+                    DecodeContext::default(),
+                )?,
                 // prost's own error for a string field of another wire type.
-                (1..=7 | 9, _) => prost::encoding::bytes::merge(wire_type, &mut Bytes::new(), &mut rest, ctx())?,
-                _ => skip_field(wire_type, tag, &mut rest, ctx())?,
+                (1..=7 | 9, _) => {
+                    prost::encoding::bytes::merge(wire_type, &mut Bytes::new(), &mut rest, DecodeContext::default())?
+                }
+                _ => skip_field(wire_type, tag, &mut rest, DecodeContext::default())?,
             }
         }
         Ok(())

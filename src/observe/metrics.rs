@@ -69,8 +69,8 @@ pub struct Metrics {
     per_tenant: Option<IntCounterVec>,
     /// One scrape at a time copies counts, so two cannot both add the same
     /// difference. Scrapes only: the decision path never takes it. It holds
-    /// the tenants the last scrape exported, so the series of a tenant that
-    /// is gone since are removed.
+    /// the tenants in force at the last scrape, so the series of one that is
+    /// gone since are removed.
     scraping: std::sync::Mutex<HashSet<String>>,
 }
 
@@ -166,7 +166,8 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, MetricsError> {
         let mut exported = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenants = self.store.tenants_full();
-        let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
+        let sorted = tenants.sorted();
+        let entries: usize = sorted.iter().map(|(_, t)| t.policy.entries().len()).sum();
         self.tenants.set(i64::try_from(tenants.len()).unwrap_or(i64::MAX));
         self.entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.stale
@@ -187,13 +188,13 @@ impl Metrics {
                     }
                 }
             };
-            for (name, snapshot) in tenants.sorted() {
+            for (name, snapshot) in &sorted {
                 if !name.is_empty() {
                     copy(name, &snapshot.counts, None);
                 }
             }
-            // A removed tenant's series go with it (and start from zero if
-            // it comes back, as its new policy's counts do).
+            // A removed tenant's series go with it. The store keeps its
+            // counts, so if it comes back its series does too, counting on.
             exported.retain(|name| {
                 let present = tenants.get(name).is_some();
                 if !present {
@@ -207,10 +208,9 @@ impl Metrics {
                 present
             });
             exported.extend(
-                tenants
-                    .sorted()
-                    .into_iter()
-                    .map(|(name, _)| name.to_owned())
+                sorted
+                    .iter()
+                    .map(|(name, _)| (*name).to_owned())
                     .filter(|n| !n.is_empty()),
             );
             // Tenant "" is single mode's policy and the decisions no tenant's
