@@ -318,16 +318,7 @@ async fn the_denial_log_is_bounded_and_unforgeable() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(channel) => break channel,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let channel = crate::common::channel_when_up(format!("127.0.0.1:{grpc}")).await;
     let mut client = CorsPolicyClient::new(channel);
     let hostile = [
         "https://evil.example\n{\"target\":\"corsd::denial\",\"reason\":\"allowed\"}",

@@ -609,16 +609,7 @@ async fn ecds_serves_each_tenant_and_logs_nacks() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let channel = crate::common::channel_when_up(format!("127.0.0.1:{port}")).await;
     // A wildcard fetch (no names): every tenant's filter.
     let all = ExtensionConfigDiscoveryServiceClient::new(channel.clone())
         .fetch_extension_configs(DiscoveryRequest::default())

@@ -35,21 +35,7 @@ fn start(policy: &Path, port: u16) -> Child {
 }
 
 async fn client(port: u16) -> CorsPolicyClient<tonic::transport::Channel> {
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            return CorsPolicyClient::new(channel);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "replica on {port} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    CorsPolicyClient::new(crate::common::channel_when_up(format!("127.0.0.1:{port}")).await)
 }
 
 async fn allows(port: u16, origin: &str) -> bool {

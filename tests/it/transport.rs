@@ -288,16 +288,9 @@ async fn limits_are_flags_that_hold() {
         .spawn()
         .unwrap();
     let connect = || async move {
-        loop {
-            if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                return corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(c);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        corsd::grpc::pb::cors_policy_client::CorsPolicyClient::new(
+            crate::common::channel_when_up(format!("127.0.0.1:{port}")).await,
+        )
     };
     let call = |origin: &str, lines: usize| corsd::grpc::pb::CheckOriginRequest {
         origin: Some(origin.into()),

@@ -260,3 +260,20 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// A channel to the plaintext gRPC server at `addr` (`host:port`), once it
+/// accepts: retried every 20 ms, for at most 10 s.
+pub async fn channel_when_up(addr: impl std::fmt::Display) -> tonic::transport::Channel {
+    let started = std::time::Instant::now();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    loop {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no gRPC server at {addr} after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -131,14 +131,5 @@ pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::S
         tonic_health::server::health_reporter(),
         std::future::pending(),
     ));
-    loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    super::channel_when_up(addr).await
 }
