@@ -10,6 +10,7 @@
 #   benches/callgrind.sh      # CALLS=20000 KEEP=1 (keep the dumps for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/support/grpc-calls.sh
 
 calls="${CALLS:-20000}"
 for tool in valgrind callgrind_control h2load; do
@@ -26,30 +27,13 @@ valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p" \
   target/release/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" --workers 1 \
   2>"$work/corsd.log" &
 pid=$!
-for _ in $(seq 600); do grep -q "corsd listening" "$work/corsd.log" && break; sleep 0.1; done
-grep -q "corsd listening" "$work/corsd.log" || { cat "$work/corsd.log" >&2; exit 1; }
+wait_listening "$work/corsd.log"
+check_calls
+load() { h2load_calls "$2" "$1" -c 16 -m 16 -t 1 >/dev/null; } # name count
 
-python3 benches/support/grpc-frames.py "$work"
-declare -A paths=([check_origin]=/corsd.v1.CorsPolicy/CheckOrigin [health]=/grpc.health.v1.Health/Check)
-# h2load counts HTTP statuses, and gRPC answers 200 whatever its status:
-# each call is first checked to be answered with grpc-status 0.
-for name in check_origin health; do
-  curl -s --http2-prior-knowledge -D "$work/$name.head" -o /dev/null -H 'content-type: application/grpc' \
-    -H 'te: trailers' --data-binary "@$work/$name.bin" "http://127.0.0.1:$port${paths[$name]}"
-  grep -qi '^grpc-status: 0' "$work/$name.head" || { echo "$name: not answered OK" >&2; cat "$work/$name.head" >&2; exit 1; }
-done
-
-load() { # name count
-  local out
-  out=$(h2load -n "$2" -c 16 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-    -d "$work/$1.bin" "http://127.0.0.1:$port${paths[$1]}")
-  grep -qE "requests: $2 total, $2 started, $2 done, $2 succeeded, 0 failed, 0 errored" <<<"$out" \
-    || { echo "$1: not every request succeeded" >&2; echo "$out" >&2; exit 1; }
-}
-
-declare -A per_call=()
 # A pause before zeroing and before dumping lets the server finish closing
 # the previous run's connections, so they count in neither.
+declare -A per_call=()
 dumps=0
 for name in check_origin health; do
   load "$name" 2000

@@ -10,6 +10,7 @@
 #   benches/h2load.sh        # REQUESTS=200000 CONNS=16 STREAMS=16 ROUNDS=3 CORES=spread|shared
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/support/grpc-calls.sh
 
 requests="${REQUESTS:-200000}"
 conns="${CONNS:-16}"
@@ -30,30 +31,16 @@ case $layout in
   shared) server_cpus=0; client_cpus=1 ;;
   *) echo "CORES is spread or shared" >&2; exit 2 ;;
 esac
+h2load_pin=(taskset -c "$client_cpus")
 taskset -c "$server_cpus" target/release/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" 2>"$work/corsd.log" &
 pid=$!
-for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && break; sleep 0.1; done
-grep -q "corsd listening" "$work/corsd.log" || { cat "$work/corsd.log" >&2; exit 1; }
-
-python3 benches/support/grpc-frames.py "$work"
-
-declare -A paths=([check_origin]=/corsd.v1.CorsPolicy/CheckOrigin [health]=/grpc.health.v1.Health/Check)
-for name in check_origin health; do
-  answer=$(curl -s --http2-prior-knowledge -D "$work/$name.head" -o "$work/$name.out" \
-    -H 'content-type: application/grpc' -H 'te: trailers' --data-binary "@$work/$name.bin" \
-    "http://127.0.0.1:$port${paths[$name]}" -w '%{http_code}')
-  grep -qi '^grpc-status: 0' "$work/$name.head" || { echo "$name: not answered OK" >&2; cat "$work/$name.head" >&2; exit 1; }
-  [[ $answer == 200 && -s $work/$name.out ]] || { echo "$name: no answer" >&2; exit 1; }
-done
+wait_listening "$work/corsd.log"
+check_calls
 
 declare -A total=() best=()
 run() { # name
   local out rps
-  out=$(taskset -c "$client_cpus" h2load -n "$requests" -c "$conns" -m "$streams" -t 1 \
-    -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/$1.bin" \
-    "http://127.0.0.1:$port${paths[$1]}")
-  grep -qE "requests: $requests total, $requests started, $requests done, $requests succeeded, 0 failed, 0 errored" <<<"$out" \
-    || { echo "$1: not every request succeeded" >&2; echo "$out" >&2; exit 1; }
+  out=$(h2load_calls "$requests" "$1" -c "$conns" -m "$streams" -t 1)
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   printf '  %-13s %10.0f req/s\n' "$1" "$rps"
   total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
