@@ -332,6 +332,10 @@ pub struct TenantDecision<'a, T> {
 
 /// Selects the tenant for `request` (named `named` by the gateway, or by the
 /// target host) and decides with its policy.
+///
+/// Inlined, so that the decision is written once, into the caller's frame
+/// (as [`ResponseHeaders`](crate::core::decide) explains for `decide`).
+#[inline(always)]
 pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
     tenants: &'a TenantSet<T>,
     named: &'a str,
