@@ -4,9 +4,10 @@
 //! and never waits for a reload. Reloaders are the only writers; a change to
 //! one tenant swaps in a new set that shares every other tenant's snapshot.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
@@ -25,6 +26,10 @@ pub struct Snapshot {
     /// The tenant's decision counts (`--metrics-per-tenant`), carried from
     /// each version of its policy to the next.
     pub counts: Arc<DecisionCounts>,
+    /// What a shell derives from this snapshot alone, made on first use and
+    /// gone with the snapshot: the gRPC API keeps the parts of its answers
+    /// that are the same for every request here (`grpc::cors_policy`).
+    pub prepared: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// Decisions counted by API (`corsd`, `ext_authz`) and by reason (in
@@ -258,6 +263,7 @@ fn snapshot(name: &str, policy: Policy) -> Snapshot {
         policy,
         loaded_at_unix_ms: now_unix_ms(),
         counts: Arc::default(),
+        prepared: OnceLock::new(),
     }
 }
 

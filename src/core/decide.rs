@@ -470,8 +470,20 @@ fn is_same_origin(origin: &OriginTuple<'_>, scheme: &str, target: Option<(&str, 
     origin.scheme.eq_ignore_ascii_case(scheme) && origin.port.or_else(|| default_port(origin.scheme)) == port
 }
 
-fn allow_actual<'a>(policy: &'a Policy, entry: &'a Entry, origin: &'a str) -> Decision<'a> {
+/// The headers every allowed actual request under `policy` gets after its
+/// `Access-Control-Allow-Origin`, in order: they depend on the policy alone,
+/// so a shell may encode them once per policy.
+pub fn allowed_actual_rest(policy: &Policy) -> [Option<ResponseHeader<'_>>; 3] {
     let rules = &policy.cors;
+    [
+        credentials(rules),
+        (rules.expose_headers_value.as_deref()).map(|v| ResponseHeader::new(HeaderName::ExposeHeaders, v)),
+        Some(ResponseHeader::vary(VARY_ORIGIN, true)),
+    ]
+}
+
+fn allow_actual<'a>(policy: &'a Policy, entry: &'a Entry, origin: &'a str) -> Decision<'a> {
+    let [credentials, expose, vary] = allowed_actual_rest(policy);
     Decision {
         verdict: Verdict::Allow,
         reason: Reason::Allowed,
@@ -480,9 +492,9 @@ fn allow_actual<'a>(policy: &'a Policy, entry: &'a Entry, origin: &'a str) -> De
         response_headers: ResponseHeaders {
             slots: [
                 Some(ResponseHeader::new(HeaderName::AllowOrigin, origin)),
-                credentials(rules),
-                (rules.expose_headers_value.as_deref()).map(|v| ResponseHeader::new(HeaderName::ExposeHeaders, v)),
-                Some(ResponseHeader::vary(VARY_ORIGIN, true)),
+                credentials,
+                expose,
+                vary,
                 None,
                 None,
                 None,

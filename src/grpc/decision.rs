@@ -11,7 +11,7 @@ use crate::core::{Decision, Request, TenantDecision, decide_for};
 use crate::observe::denials::DenialLog;
 use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, Snapshot};
 
 /// Decides requests with the policy in force.
 #[derive(Debug, Clone)]
@@ -52,14 +52,15 @@ impl DecisionPath {
     }
 
     /// Decides `request`, asked through `api` for the tenant `named` (empty:
-    /// by the target host), and returns what `answer` makes of the tenant
-    /// and the decision. Never waits: one lock-free load of the store.
+    /// by the target host), and returns what `answer` makes of the tenant,
+    /// the decision and the snapshot that decided, if one did. Never waits:
+    /// one lock-free load of the store.
     pub fn decide<R>(
         &self,
         api: Api,
         named: &str,
         request: &Request<'_>,
-        answer: impl FnOnce(&str, &Decision<'_>) -> R,
+        answer: impl FnOnce(&str, &Decision<'_>, Option<&Snapshot>) -> R,
     ) -> R {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let tenants = self.store.tenants();
@@ -69,7 +70,7 @@ impl DecisionPath {
             selected,
         } = decide_for(&tenants, named, request);
         observe::decision(api, tenant, request, &decision);
-        let answered = answer(tenant, &decision);
+        let answered = answer(tenant, &decision, selected);
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.record(api, decision.reason, selected.map(|s| &*s.counts), started.elapsed());
         }

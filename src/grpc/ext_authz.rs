@@ -73,7 +73,11 @@ impl AuthorizationService {
             authority: text("host", &http.host)?,
             path: text("path", &http.path)?,
         };
-        Ok(self.path.decide(Api::ExtAuthz, tenant, &request, encode_check_response))
+        Ok(self
+            .path
+            .decide(Api::ExtAuthz, tenant, &request, |tenant, decision, _| {
+                encode_check_response(tenant, decision)
+            }))
     }
 }
 

@@ -34,8 +34,17 @@ pub struct CheckOriginCall {
     fields: Fields,
 }
 
-/// Where a string field lies in the message.
-type Span = std::ops::Range<usize>;
+/// Where a string field lies in the message. 32 bits each: the call is
+/// moved several times on its way to the handler, and half-size spans halve
+/// what each move copies. gRPC's length prefix is 32 bits, so no message
+/// served is longer.
+type Span = std::ops::Range<u32>;
+
+/// The span of the `len` bytes at `start`.
+fn span(start: usize, len: usize) -> Span {
+    let at = |offset: usize| u32::try_from(offset).unwrap_or(u32::MAX);
+    at(start)..at(start + len)
+}
 
 /// The fields of a [`CheckOriginCall`].
 #[derive(Clone, Debug, Default)]
@@ -134,10 +143,11 @@ impl CheckOriginCall {
     /// `str::get` checks; a string whose ends are not is checked on its own).
     pub fn text<'a>(&'a self, request_headers: &mut HeaderLines<'a>) -> Result<CallText<'a>, Status> {
         let whole = std::str::from_utf8(&self.message).ok();
-        let field = |name: &'static str, span: &Span| match whole.and_then(|w| w.get(span.clone())) {
-            Some(s) => Ok(s),
-            None => text(name, self.bytes(span)),
-        };
+        let field =
+            |name: &'static str, span: &Span| match whole.and_then(|w| w.get(span.start as usize..span.end as usize)) {
+                Some(s) => Ok(s),
+                None => text(name, self.bytes(span)),
+            };
         let f = &self.fields;
         let origin = f.origin.as_ref().map(|s| field("origin", s)).transpose()?;
         let method = field("method", &f.method)?;
@@ -161,7 +171,9 @@ impl CheckOriginCall {
     }
 
     fn bytes(&self, span: &Span) -> &[u8] {
-        self.message.get(span.clone()).unwrap_or_default()
+        self.message
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or_default()
     }
 }
 
@@ -192,7 +204,7 @@ impl Fields {
                 && let Some(value) = after.get(..usize::from(*len))
             {
                 let start = message.len() - after.len();
-                self.set(u32::from(key >> 3), start..start + value.len());
+                self.set(u32::from(key >> 3), span(start, value.len()));
                 rest = after.get(value.len()..).unwrap_or_default();
                 continue;
             }
@@ -208,12 +220,12 @@ impl Fields {
                         let mut read = Bytes::new();
                         prost::encoding::bytes::merge(wire_type, &mut read, &mut value_on, DecodeContext::default())?;
                         let end = message.len() - value_on.len();
-                        self.set(tag, end.saturating_sub(read.len())..end);
+                        self.set(tag, span(end.saturating_sub(read.len()), read.len().min(end)));
                         rest = value_on;
                         continue;
                     };
                     let start = message.len() - rest.len();
-                    self.set(tag, start..start + value.len());
+                    self.set(tag, span(start, value.len()));
                     rest = rest.get(value.len()..).unwrap_or_default();
                 }
                 (8, _) => prost::encoding::bool::merge(
@@ -287,7 +299,7 @@ impl prost::Message for CheckOriginCall {
                 prost::encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
                 let start = self.message.len();
                 self.message.extend_from_slice(&value);
-                self.fields.set(tag, start..self.message.len());
+                self.fields.set(tag, span(start, value.len()));
                 Ok(())
             }
             8 => prost::encoding::bool::merge(wire_type, &mut self.fields.private_network, buf, ctx),
@@ -497,6 +509,11 @@ impl Writer {
     /// Bytes whose key and length were written with [`Writer::put_sub`].
     pub fn put_raw(&mut self, value: &str) {
         self.out.extend_from_slice(value.as_bytes());
+    }
+
+    /// Fields encoded before, keys and lengths included.
+    pub fn put_encoded(&mut self, fields: &Encoded) {
+        self.out.extend_from_slice(&fields.0);
     }
 
     /// A varint field: an enum, a `uint32`, a non-negative `int32` or a `bool`.

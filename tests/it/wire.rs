@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use corsd::core::{Policy, decide};
-use corsd::grpc::cors_policy::{encode_check_origin, to_proto};
+use corsd::grpc::cors_policy::{encode_check_origin, encode_check_origin_from, to_proto};
 use corsd::grpc::ext_authz::{encode_check_response, to_check_response};
 use corsd::grpc::pb::CheckOriginRequest;
 use corsd::grpc::wire::{AuthzCall, CheckOriginCall, Encoded};
@@ -27,6 +27,17 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
         .into_iter()
         .map(|(name, text)| (name, Policy::compile("case", text.as_bytes()).unwrap().policy))
         .collect();
+    let compile = |text: &str| Policy::compile("case", text.as_bytes()).unwrap().policy;
+    let snapshots: HashMap<String, _> = common::policies()
+        .into_iter()
+        .map(|(name, text)| {
+            let single = PolicyStore::new(compile(&text)).load_full().unwrap();
+            let acme = PolicyStore::with_tenants([("acme".to_owned(), compile(&text))])
+                .tenant("acme")
+                .unwrap();
+            (name, (single, acme))
+        })
+        .collect();
     let mut failures = Vec::new();
     for (case, r) in common::decision_cases() {
         let decision = decide(&policies[&r.policy], &r.request());
@@ -34,6 +45,26 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
             || encode_check_origin("acme", &decision).as_bytes() != to_proto("acme", &decision).encode_to_vec()
         {
             failures.push(format!("{}: CheckOriginResponse differs", case.name));
+        }
+        // As served: with the parts prepared for the snapshot that decided
+        // (and for one that did not, which must not use them).
+        let (single, acme) = &snapshots[&r.policy];
+        for (tenant, snapshot) in [("", single), ("acme", acme)] {
+            let decision = decide(&snapshot.policy, &r.request());
+            let want = to_proto(tenant, &decision).encode_to_vec();
+            if encode_check_origin_from(tenant, &decision, Some(snapshot)).as_bytes() != want {
+                failures.push(format!(
+                    "{}: CheckOriginResponse from prepared parts differs",
+                    case.name
+                ));
+            }
+            if snapshot.prepared.get().is_none() {
+                failures.push(format!("{}: no parts were prepared for tenant {tenant:?}", case.name));
+            }
+            let other = to_proto("other", &decision).encode_to_vec();
+            if encode_check_origin_from("other", &decision, Some(snapshot)).as_bytes() != other {
+                failures.push(format!("{}: another tenant's answer differs", case.name));
+            }
         }
         // The metadata is a map, which the generated message keeps in a
         // HashMap and encodes in any order: compare the messages read back.
