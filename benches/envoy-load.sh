@@ -13,15 +13,28 @@
 #           same headers and dynamic_metadata corsd adds, fixed (the floor
 #           with Envoy's work on them)
 # driven by wrk, interleaved none/native/rbac/corsd/null/static then in reverse, ROUNDS
-# times. Every response is checked: wrk's non-2xx count must be zero, and each
+# times. The upstream listener runs in an Envoy of its own (BACKEND=apart, the
+# default: a backend is another service, and on the shared layout it runs
+# beside wrk, so Envoy's core does the proxy's work alone) or in the measured
+# Envoy itself (BACKEND=inside: its work then shares Envoy's core and thread). Every response is checked: wrk's non-2xx count must be zero, and each
 # listener is probed once for the CORS header it must (or must not) send.
 #
 # Each layout in CORES is measured in turn, with the same processes re-pinned:
 #   spread  Envoy and the ext_authz servers may run on every core
 #   shared  Envoy and the ext_authz servers pinned together on core 0 (how a
-#           sidecar runs), wrk on core 1
+#           sidecar runs), wrk (and the backend, when apart) on core 1
 #
-#   benches/envoy-load.sh            # ENTRIES=100 SECS=5 ROUNDS=2 CONNS=32 CORES="spread shared" LISTENERS="none native ..."
+# COUNT=instructions counts instead of timing: the measured Envoy, corsd and
+# the stand-in ext_authz servers run under valgrind's callgrind, and for each
+# listener their counters are zeroed, CALLS requests are sent (h2load over
+# HTTP/1.1, every one checked 2xx) and their instructions per request are
+# summed from the dumps: the work of the servers' core in the shared layout. A count does not depend on
+# what else the machine runs, which on a shared machine moves wrk's figures
+# by more than the differences measured; it leaves out the kernel and cache
+# misses (a long list of matchers costs more than its instructions).
+#
+#   benches/envoy-load.sh            # ENTRIES=100 SECS=5 ROUNDS=2 CONNS=32 CORES="spread shared" LISTENERS="none native ..." BACKEND=apart
+#   COUNT=instructions LISTENERS="native rbac" benches/envoy-load.sh   # CALLS=5000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,22 +51,42 @@ secs="${SECS:-5}"
 rounds="${ROUNDS:-2}"
 conns="${CONNS:-32}"
 layouts="${CORES:-spread shared}"
+backend="${BACKEND:-apart}"
+[[ $backend == apart || $backend == inside ]] || { echo "BACKEND: apart or inside, not $backend" >&2; exit 2; }
 
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+count="${COUNT:-}"
+[[ -z $count || $count == instructions ]] || { echo "COUNT: instructions or unset, not $count" >&2; exit 2; }
+calls="${CALLS:-5000}"
+# Under callgrind Envoy runs some 50 times slower than its ext_authz servers.
+authz_timeout=0.25s
+[[ -n $count ]] && authz_timeout=10s
+if [[ -n $count ]]; then
+  for tool in valgrind callgrind_control h2load; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install valgrind nghttp2-client" >&2; exit 2; }
+  done
+else
+  command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+fi
 command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 2; }
 cpus=$(nproc)
 [[ $cpus -ge 2 || $layouts == spread ]] || { echo "the shared layout needs 2 cores; run with CORES=spread" >&2; exit 2; }
 cargo build --release --quiet --bin corsd --example load
 envoy=$(scripts/fetch-envoy)
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+pids=()         # the servers measured: pinned to the servers' CPUs
+backend_pids=() # the backend Envoy, when apart: pinned with wrk
+cleanup() {
+  for p in "${pids[@]}" "${backend_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true # callgrind writes its last dump on the way out
+  rm -rf "$work"
+}
 trap cleanup EXIT
-[[ -n "${KEEP:-}" ]] && trap "for p in \"\${pids[@]}\"; do kill \$p; done; echo kept \$work" EXIT
+[[ -n "${KEEP:-}" ]] && trap "for p in \"\${pids[@]}\" \"\${backend_pids[@]}\"; do kill \$p; done; echo kept \$work" EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p_none=$(free_port); p_native=$(free_port); p_rbac=$(free_port); p_corsd=$(free_port); p_null=$(free_port); p_static=$(free_port)
 p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_static_grpc=$(free_port); p_admin=$(free_port); p_up=$(free_port)
+p_up_admin=$(free_port)
 
 # The policy: ENTRIES exact origins; the request's origin is the middle one.
 {
@@ -64,14 +97,17 @@ p_corsd_grpc=$(free_port); p_null_grpc=$(free_port); p_static_grpc=$(free_port);
 } > "$work/policy.toml"
 origin="https://app-$((entries / 2)).example.com"
 
-target/release/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_corsd_grpc" 2>"$work/corsd.log" &
+# Under COUNT, every process on the servers' core runs under callgrind.
+counted=()
+[[ -n $count ]] && counted=(valgrind --tool=callgrind --callgrind-out-file="$work/count.%p")
+${counted[@]+"${counted[@]}"} target/release/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_corsd_grpc" 2>"$work/corsd.log" &
 pids+=($!)
-target/release/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
+${counted[@]+"${counted[@]}"} target/release/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
 pids+=($!)
-target/release/examples/load null-authz --listen "127.0.0.1:$p_static_grpc" --static-headers "https://app-$((entries / 2)).example.com" >"$work/static.log" 2>&1 &
+${counted[@]+"${counted[@]}"} target/release/examples/load null-authz --listen "127.0.0.1:$p_static_grpc" --static-headers "https://app-$((entries / 2)).example.com" >"$work/static.log" 2>&1 &
 pids+=($!)
 
-for _ in $(seq 100); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && grep -q listening "$work/static.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && grep -q listening "$work/static.log" && break; sleep 0.1; done
 grep -q "corsd listening" "$work/corsd.log" || { echo "corsd did not start:" >&2; cat "$work/corsd.log" >&2; exit 1; }
 
 # Native mode: the filters and the virtual host's CORS policy as corsd compiles them.
@@ -151,7 +187,7 @@ authz() { # cluster
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
-              grpc_service: { envoy_grpc: { cluster_name: $1 }, timeout: 0.25s }
+              grpc_service: { envoy_grpc: { cluster_name: $1 }, timeout: $authz_timeout }
               failure_mode_allow: false
               # As deploy/envoy/envoy.yaml: only the headers corsd reads.
               allowed_headers: { patterns: [ { exact: origin }, { prefix: access-control-request- } ] }
@@ -182,7 +218,7 @@ native_filter='          - name: envoy.filters.http.cors
   listener corsd "$p_corsd" "$(authz corsd)"
   listener null "$p_null" "$(authz noop_authz)"
   listener static "$p_static" "$(authz static_authz)"
-  upstream_listener
+  [[ $backend == inside ]] && upstream_listener
   echo "  clusters:"
   echo "  - name: upstream"
   echo "    type: STATIC"
@@ -193,15 +229,32 @@ native_filter='          - name: envoy.filters.http.cors
   echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $p_admin } } }"
 } > "$work/envoy.yaml"
 
-"$envoy" -c "$work/envoy.yaml" --concurrency 1 --log-level warn --base-id "$p_admin" 2>"$work/envoy.log" &
+# Waits for the Envoy whose admin listens on port $1 (log $2) to be ready
+# (up to 10 s, or 10 minutes under callgrind).
+envoy_ready() {
+  local tries=100
+  [[ -n $count ]] && tries=6000
+  for _ in $(seq "$tries"); do curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "envoy did not start:" >&2; tail -5 "$2" >&2; exit 1
+}
+if [[ $backend == apart ]]; then
+  {
+    echo "static_resources:"
+    echo "  listeners:"
+    upstream_listener
+    echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $p_up_admin } } }"
+  } > "$work/backend.yaml"
+  "$envoy" -c "$work/backend.yaml" --concurrency 1 --log-level warn --base-id "$p_up_admin" 2>"$work/backend.log" &
+  backend_pids+=($!)
+  envoy_ready "$p_up_admin" "$work/backend.log"
+fi
+${counted[@]+"${counted[@]}"} "$envoy" -c "$work/envoy.yaml" --concurrency 1 --log-level warn --base-id "$p_admin" 2>"$work/envoy.log" &
 pids+=($!)
-ready=""
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p_admin/ready" >/dev/null 2>&1 && ready=1 && break; sleep 0.1; done
-[[ -n $ready ]] || { echo "envoy did not start:" >&2; tail -5 "$work/envoy.log" >&2; exit 1; }
+envoy_ready "$p_admin" "$work/envoy.log"
 
 path=/services/data/v60.0/query
-echo "Envoy $("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*'), $entries-entry policy, wrk 1 thread x $conns connections, ${secs}s runs, origin $origin"
-for name in none native rbac corsd null static; do
+echo "Envoy $("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*'), $entries-entry policy, wrk 1 thread x $conns connections, ${secs}s runs, origin $origin, backend $backend"
+for name in "${listeners[@]}"; do
   port_var="p_$name"
   probe=$(curl -s -D - -o /dev/null -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path" | tr -d '\r')
   acao=$(grep -i '^access-control-allow-origin:' <<<"$probe" | cut -d' ' -f2 || true)
@@ -211,10 +264,51 @@ for name in none native rbac corsd null static; do
   esac
 done
 
+if [[ -n $count ]]; then
+  declare -A per_request=()
+  dumps=0
+  for name in "${listeners[@]}"; do
+    port_var="p_$name"
+    load() { # requests
+      local out
+      out=$(h2load --h1 -n "$1" -c 8 -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
+      grep -q "status codes: $1 2xx" <<<"$out" || { echo "$name: not every response was 2xx" >&2; echo "$out" >&2; exit 1; }
+    }
+    load 500
+    sleep 1
+    for p in "${pids[@]}"; do callgrind_control --zero "$p" >/dev/null; done
+    load "$calls"
+    sleep 1
+    dumps=$((dumps + 1))
+    sum=0
+    for p in "${pids[@]}"; do
+      callgrind_control --dump="$name" "$p" >/dev/null
+      last=$(awk '/^summary:/ {print $2}' "$work/count.$p.$dumps")
+      sum=$((sum + last))
+    done
+    per_request[$name]=$((sum / calls))
+    # Envoy is the last process started.
+    printf '  %-7s %9d instructions a request, %d of them Envoy'"'"'s\n' "$name" "${per_request[$name]}" "$((last / calls))"
+  done
+  # As throughput: the cheaper listener's count over the other's.
+  ir_ratio() { [[ -n ${per_request[$1]:-} && -n ${per_request[$2]:-} ]] \
+    && printf '  %-28s %s  %s\n' "$1 / $2" "$(python3 -c "print(f'{${per_request[$2]} / ${per_request[$1]}:.3f}')")" "$3"; true; }
+  echo "summary (instructions, as throughput: the other's count over this one's):"
+  ir_ratio rbac native "(native mode against Envoy's CORS filter; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
+  ir_ratio rbac corsd ""
+  ir_ratio corsd native "(goal >= 0.65)"
+  ir_ratio corsd null "(goal >= 0.95: the decision adds <= 5%)"
+  ir_ratio corsd static "(the same, with Envoy adding the same headers)"
+  ir_ratio native none ""
+  ir_ratio rbac none ""
+  exit 0
+fi
+
 # Pins every thread of the servers (corsd, the two ext_authz servers, Envoy)
-# to CPU list $1, and runs wrk on $2.
+# to CPU list $1, and runs wrk (beside the backend, when apart) on $2.
 pin() {
   for p in "${pids[@]}"; do taskset -a -p -c "$1" "$p" >/dev/null; done
+  for p in "${backend_pids[@]}"; do taskset -a -p -c "$2" "$p" >/dev/null; done
   wrk_cpus=$2
 }
 
@@ -236,7 +330,7 @@ all="0-$((cpus - 1))"
 for layout in $layouts; do
   case $layout in
     spread) pin "$all" "$all"; echo "layout spread: servers and wrk on CPUs $all" ;;
-    shared) pin 0 1; echo "layout shared: Envoy, corsd and the ext_authz servers on CPU 0, wrk on CPU 1" ;;
+    shared) pin 0 1; echo "layout shared: Envoy, corsd and the ext_authz servers on CPU 0, wrk$([[ $backend == apart ]] && echo " and the backend") on CPU 1" ;;
     *) echo "unknown layout $layout (spread or shared)" >&2; exit 2 ;;
   esac
   total=()
