@@ -155,6 +155,8 @@ pub fn encode_check_origin_from(tenant: &str, decision: &Decision<'_>, snapshot:
 
 /// The fields of `CheckOriginResponse` that one snapshot writes the same
 /// into every answer, encoded once: nearly half of an allowed answer's bytes.
+/// A call that comes while another call encodes them waits for it (a few
+/// microseconds, once per snapshot).
 #[derive(Debug)]
 pub struct AnswerParts {
     /// An allowed actual request's headers after its
