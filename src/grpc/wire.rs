@@ -40,6 +40,11 @@ pub struct CheckOriginCall {
 /// served is longer.
 type Span = std::ops::Range<u32>;
 
+/// Where `span` lies, as an index into the message.
+fn range(span: &Span) -> std::ops::Range<usize> {
+    span.start as usize..span.end as usize
+}
+
 /// The span of the `len` bytes at `start`.
 fn span(start: usize, len: usize) -> Span {
     let at = |offset: usize| u32::try_from(offset).unwrap_or(u32::MAX);
@@ -143,11 +148,10 @@ impl CheckOriginCall {
     /// `str::get` checks; a string whose ends are not is checked on its own).
     pub fn text<'a>(&'a self, request_headers: &mut HeaderLines<'a>) -> Result<CallText<'a>, Status> {
         let whole = std::str::from_utf8(&self.message).ok();
-        let field =
-            |name: &'static str, span: &Span| match whole.and_then(|w| w.get(span.start as usize..span.end as usize)) {
-                Some(s) => Ok(s),
-                None => text(name, self.bytes(span)),
-            };
+        let field = |name: &'static str, span: &Span| match whole.and_then(|w| w.get(range(span))) {
+            Some(s) => Ok(s),
+            None => text(name, self.bytes(span)),
+        };
         let f = &self.fields;
         let origin = f.origin.as_ref().map(|s| field("origin", s)).transpose()?;
         let method = field("method", &f.method)?;
@@ -171,9 +175,7 @@ impl CheckOriginCall {
     }
 
     fn bytes(&self, span: &Span) -> &[u8] {
-        self.message
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or_default()
+        self.message.get(range(span)).unwrap_or_default()
     }
 }
 
