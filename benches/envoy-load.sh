@@ -264,20 +264,37 @@ for name in "${listeners[@]}"; do
   esac
 done
 
+# Each listener's rate, summed over its runs (or, counted, requests per 10^9
+# instructions), and the ratios compared.
+declare -A total=()
+ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
+summary() { # a b note: the ratio of two listeners measured
+  [[ -n ${total[$1]:-} && -n ${total[$2]:-} ]] && printf '  %-28s %s  %s\n' "$1 / $2" "$(ratio "$1" "$2")" "$3"
+  true
+}
+summaries() {
+  summary rbac native "(native mode against Envoy's CORS filter; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
+  summary rbac corsd ""
+  summary corsd native "(goal >= 0.65)"
+  summary corsd null "(goal >= 0.95: the decision adds <= 5%)"
+  summary corsd static "(the same, with Envoy adding the same headers)"
+  summary native none ""
+  summary rbac none ""
+  summary corsd none ""
+}
+
 if [[ -n $count ]]; then
-  declare -A per_request=()
+  load() { # listener requests: over HTTP/1.1, every response checked 2xx
+    local port_var="p_$1" out
+    out=$(h2load --h1 -n "$2" -c 8 -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
+    grep -q "status codes: $2 2xx" <<<"$out" || { echo "$1: not every response was 2xx" >&2; echo "$out" >&2; exit 1; }
+  }
   dumps=0
   for name in "${listeners[@]}"; do
-    port_var="p_$name"
-    load() { # requests
-      local out
-      out=$(h2load --h1 -n "$1" -c 8 -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
-      grep -q "status codes: $1 2xx" <<<"$out" || { echo "$name: not every response was 2xx" >&2; echo "$out" >&2; exit 1; }
-    }
-    load 500
+    load "$name" 500
     sleep 1
     for p in "${pids[@]}"; do callgrind_control --zero "$p" >/dev/null; done
-    load "$calls"
+    load "$name" "$calls"
     sleep 1
     dumps=$((dumps + 1))
     sum=0
@@ -286,21 +303,12 @@ if [[ -n $count ]]; then
       last=$(awk '/^summary:/ {print $2}' "$work/count.$p.$dumps")
       sum=$((sum + last))
     done
-    per_request[$name]=$((sum / calls))
     # Envoy is the last process started.
-    printf '  %-7s %9d instructions a request, %d of them Envoy'"'"'s\n' "$name" "${per_request[$name]}" "$((last / calls))"
+    printf '  %-7s %9d instructions a request, %d of them Envoy'"'"'s\n' "$name" "$((sum / calls))" "$((last / calls))"
+    total[$name]=$(python3 -c "print(1e9 * $calls / $sum)")
   done
-  # As throughput: the cheaper listener's count over the other's.
-  ir_ratio() { [[ -n ${per_request[$1]:-} && -n ${per_request[$2]:-} ]] \
-    && printf '  %-28s %s  %s\n' "$1 / $2" "$(python3 -c "print(f'{${per_request[$2]} / ${per_request[$1]}:.3f}')")" "$3"; true; }
   echo "summary (instructions, as throughput: the other's count over this one's):"
-  ir_ratio rbac native "(native mode against Envoy's CORS filter; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
-  ir_ratio rbac corsd ""
-  ir_ratio corsd native "(goal >= 0.65)"
-  ir_ratio corsd null "(goal >= 0.95: the decision adds <= 5%)"
-  ir_ratio corsd static "(the same, with Envoy adding the same headers)"
-  ir_ratio native none ""
-  ir_ratio rbac none ""
+  summaries
   exit 0
 fi
 
@@ -312,7 +320,6 @@ pin() {
   wrk_cpus=$2
 }
 
-declare -A total=()
 run() { # name
   local port_var="p_$1" out rps
   out=$(taskset -c "$wrk_cpus" wrk -t1 -c"$conns" -d"${secs}s" -H "Origin: $origin" "http://127.0.0.1:${!port_var}$path")
@@ -320,11 +327,6 @@ run() { # name
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   printf '  %-7s %10.0f req/s\n' "$1" "$rps"
   total[$1]=$(python3 -c "print(${total[$1]:-0} + $rps)")
-}
-ratio() { python3 -c "print(f'{${total[$1]} / ${total[$2]}:.3f}')"; }
-summary() { # a b note: the ratio of two listeners measured
-  [[ -n ${total[$1]:-} && -n ${total[$2]:-} ]] && printf '  %-28s %s  %s\n' "$1 / $2" "$(ratio "$1" "$2")" "$3"
-  true
 }
 all="0-$((cpus - 1))"
 for layout in $layouts; do
@@ -339,11 +341,5 @@ for layout in $layouts; do
     for ((i = ${#listeners[@]} - 1; i >= 0; i--)); do run "${listeners[i]}"; done
   done
   echo "summary ($layout):"
-  summary rbac native "(native mode against Envoy's CORS filter; goals >= 0.95 at 10 entries, >= 1.5 at 10,000)"
-  summary rbac corsd ""
-  summary corsd native "(goal >= 0.65)"
-  summary corsd null "(goal >= 0.95: the decision adds <= 5%)"
-  summary corsd static "(the same, with Envoy adding the same headers)"
-  summary native none ""
-  summary corsd none ""
+  summaries
 done
