@@ -1,7 +1,8 @@
 //! Code generation only: compiles `proto/corsd/v1/corsd.proto` with `protox`
 //! (no system `protoc`) and keeps the file descriptor set for gRPC reflection,
-//! beside the parts of `envoy-types`' own descriptor set that describe Envoy's
-//! `Authorization` service and the filters native mode writes out.
+//! beside the parts of Envoy's API that describe its `Authorization` service
+//! and the filters native mode writes out (`proto/envoy/descriptors.bin`, kept
+//! in the repository: the build reads no other package's files).
 //!
 //! Two passes:
 //! - `pb`: corsd's messages and its client, as the proto declares them.
@@ -12,10 +13,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use prost::Message;
 use prost_types::{FileDescriptorProto, FileDescriptorSet};
+
+/// Envoy's API as far as corsd uses it: the descriptors `envoy-types` was
+/// compiled from, trimmed to the files below and their imports, and kept in
+/// the repository so the build needs nothing from another package.
+const ENVOY_DESCRIPTORS: &str = "proto/envoy/descriptors.bin";
 
 /// The file that declares Envoy's ext_authz service.
 const ENVOY_AUTHZ_PROTO: &str = "envoy/service/auth/v3/external_auth.proto";
@@ -34,6 +39,7 @@ const ENVOY_NATIVE_PROTOS: [&str; 6] = [
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/corsd/v1/corsd.proto";
     println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed={ENVOY_DESCRIPTORS}");
 
     let descriptors = protox::compile([proto], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -81,12 +87,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `roots` and every file they import, taken from the descriptor set the
-/// `envoy-types` package ships (`src/generated/types.bin`).
+/// repository keeps (`proto/envoy/descriptors.bin`, made from the one
+/// `envoy-types` ships by `scripts/envoy-descriptors`).
 fn envoy_descriptors(roots: &[&str]) -> Result<FileDescriptorSet, Box<dyn std::error::Error>> {
-    let dir = envoy_types_dir()?;
-    let bin = dir.join("src/generated/types.bin");
-    println!("cargo:rerun-if-changed={}", bin.display());
-    let all = FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    let bin = Path::new(ENVOY_DESCRIPTORS);
+    let all = FileDescriptorSet::decode(std::fs::read(bin)?.as_slice())?;
     let by_name: HashMap<&str, &FileDescriptorProto> = all.file.iter().map(|f| (f.name(), f)).collect();
     // Dependencies first, as a descriptor set lists them.
     let mut wanted = Vec::new();
@@ -102,7 +107,7 @@ fn envoy_descriptors(roots: &[&str]) -> Result<FileDescriptorSet, Box<dyn std::e
         }
         let file = by_name
             .get(name)
-            .ok_or_else(|| format!("{} lacks {name}", bin.display()))?;
+            .ok_or_else(|| format!("{ENVOY_DESCRIPTORS} lacks {name}: run scripts/envoy-descriptors"))?;
         stack.push((name, true));
         stack.extend(file.dependency.iter().map(|d| (d.as_str(), false)));
     }
@@ -112,32 +117,4 @@ fn envoy_descriptors(roots: &[&str]) -> Result<FileDescriptorSet, Box<dyn std::e
             .filter_map(|n| by_name.get(n).map(|f| (*f).clone()))
             .collect(),
     })
-}
-
-/// Where cargo unpacked the `envoy-types` package: asked of `cargo metadata`
-/// for this build's target.
-fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
-    let mut command = Command::new(cargo);
-    command
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
-        .arg(&manifest);
-    if let Ok(target) = std::env::var("TARGET") {
-        command.args(["--filter-platform", &target]);
-    }
-    let output = command.output()?;
-    if !output.status.success() {
-        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr)).into());
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    metadata
-        .get("packages")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-        .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("envoy-types"))
-        .and_then(|p| p.get("manifest_path")?.as_str())
-        .and_then(|m| Path::new(m).parent().map(Path::to_path_buf))
-        .ok_or_else(|| "cargo metadata does not list envoy-types".into())
 }
