@@ -16,7 +16,7 @@ calls="${CALLS:-20000}"
 for tool in valgrind callgrind_control h2load; do
   command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install valgrind nghttp2-client" >&2; exit 2; }
 done
-cargo build --release --quiet --bin corsd
+cargo build --profile dist --quiet --bin corsd
 work=$(mktemp -d)
 pid=""
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; wait 2>/dev/null; [[ -z ${KEEP:-} ]] && rm -rf "$work"; true; }
@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p" \
-  target/release/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" --workers 1 \
+  target/dist/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" --workers 1 \
   2>"$work/corsd.log" &
 pid=$!
 wait_listening "$work/corsd.log"

@@ -70,7 +70,7 @@ fi
 command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 2; }
 cpus=$(nproc)
 [[ $cpus -ge 2 || $layouts == spread ]] || { echo "the shared layout needs 2 cores; run with CORES=spread" >&2; exit 2; }
-cargo build --release --quiet --bin corsd --example load
+cargo build --profile dist --quiet --bin corsd --example load
 envoy=$(scripts/fetch-envoy)
 work=$(mktemp -d)
 pids=()         # the servers measured: pinned to the servers' CPUs
@@ -100,18 +100,18 @@ origin="https://app-$((entries / 2)).example.com"
 # Under COUNT, every process on the servers' core runs under callgrind.
 counted=()
 [[ -n $count ]] && counted=(valgrind --tool=callgrind --callgrind-out-file="$work/count.%p")
-${counted[@]+"${counted[@]}"} target/release/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_corsd_grpc" 2>"$work/corsd.log" &
+${counted[@]+"${counted[@]}"} target/dist/corsd serve --policy "$work/policy.toml" --listen "127.0.0.1:$p_corsd_grpc" 2>"$work/corsd.log" &
 pids+=($!)
-${counted[@]+"${counted[@]}"} target/release/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
+${counted[@]+"${counted[@]}"} target/dist/examples/load null-authz --listen "127.0.0.1:$p_null_grpc" >"$work/null.log" 2>&1 &
 pids+=($!)
-${counted[@]+"${counted[@]}"} target/release/examples/load null-authz --listen "127.0.0.1:$p_static_grpc" --static-headers "https://app-$((entries / 2)).example.com" >"$work/static.log" 2>&1 &
+${counted[@]+"${counted[@]}"} target/dist/examples/load null-authz --listen "127.0.0.1:$p_static_grpc" --static-headers "https://app-$((entries / 2)).example.com" >"$work/static.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 600); do grep -q "corsd listening" "$work/corsd.log" && grep -q listening "$work/null.log" && grep -q listening "$work/static.log" && break; sleep 0.1; done
 grep -q "corsd listening" "$work/corsd.log" || { echo "corsd did not start:" >&2; cat "$work/corsd.log" >&2; exit 1; }
 
 # Native mode: the filters and the virtual host's CORS policy as corsd compiles them.
-target/release/corsd envoy-config --policy "$work/policy.toml" > "$work/fragment.json"
+target/dist/corsd envoy-config --policy "$work/policy.toml" > "$work/fragment.json"
 rbac_filters=$(python3 -c 'import json,sys
 for f in json.load(open(sys.argv[1]))["http_filters"]: print("          - " + json.dumps(f))' "$work/fragment.json")
 rbac_vhost=$(python3 -c 'import json,sys

@@ -21,7 +21,7 @@ rounds="${ROUNDS:-3}"
 layout="${CORES:-spread}"
 
 command -v h2load >/dev/null || { echo "h2load is needed: apt-get install nghttp2-client" >&2; exit 2; }
-cargo build --release --quiet --bin corsd
+cargo build --profile dist --quiet --bin corsd
 work=$(mktemp -d)
 pid=""
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
@@ -34,7 +34,7 @@ case $layout in
   *) echo "CORES is spread or shared" >&2; exit 2 ;;
 esac
 h2load_pin=(taskset -c "$client_cpus")
-taskset -c "$server_cpus" target/release/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" 2>"$work/corsd.log" &
+taskset -c "$server_cpus" target/dist/corsd serve --policy examples/policy.toml --listen "127.0.0.1:$port" 2>"$work/corsd.log" &
 pid=$!
 wait_listening "$work/corsd.log"
 check_calls

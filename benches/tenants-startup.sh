@@ -11,7 +11,7 @@ tenants="${TENANTS:-10000}"
 entries="${ENTRIES:-20}"
 rounds="${ROUNDS:-3}"
 
-cargo build --release --quiet --bin corsd
+cargo build --profile dist --quiet --bin corsd
 work=$(mktemp -d)
 pid=""
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
@@ -34,7 +34,7 @@ printf '[[entries]]\norigin = "https://a.example"\n' > "$work/one.toml"
 start() { # label flag path -> prints seconds and RSS MiB
   local log="$work/log" t0 t1 rss
   t0=$(date +%s.%N)
-  target/release/corsd serve "$2" "$3" --listen 127.0.0.1:0 2>"$log" &
+  target/dist/corsd serve "$2" "$3" --listen 127.0.0.1:0 2>"$log" &
   pid=$!
   until grep -q "corsd listening" "$log"; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }

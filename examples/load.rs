@@ -14,9 +14,9 @@
 //! the checked field is read. Every loop is bounded in time and count, and
 //! all traffic stays on 127.0.0.1.
 //!
-//!     cargo build --release && cargo run --release --example load
-//!     cargo run --release --example load -- --smoke          # a few seconds
-//!     cargo run --release --example load -- null-authz --listen 127.0.0.1:50052
+//!     cargo build --profile dist && cargo run --profile dist --example load
+//!     cargo run --profile dist --example load -- --smoke          # a few seconds
+//!     cargo run --profile dist --example load -- null-authz --listen 127.0.0.1:50052
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -57,7 +57,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// The corsd binary to run.
-    #[arg(long, default_value = "target/release/corsd")]
+    #[arg(long, default_value = "target/dist/corsd")]
     corsd: PathBuf,
     /// Entries in the policy under load.
     #[arg(long, default_value_t = 10_000)]
@@ -238,7 +238,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e} (cargo build --release first)", binary.display()));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e} (cargo build --profile dist first)", binary.display()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().unwrap();
