@@ -16,3 +16,4 @@ pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod watch;

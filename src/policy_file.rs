@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::core::{Compiled, Policy, PolicyError};
+use crate::watch::Fingerprint;
 
 /// What loading a policy file came to.
 #[derive(Debug)]
@@ -66,12 +67,46 @@ pub fn unreadable_message(error: &std::io::Error) -> String {
     format!("cannot read the policy file: {error}")
 }
 
-/// Reads and compiles the policy file at `path`.
+/// Reads and compiles the policy file at `path`. Only a regular file (links
+/// followed) is opened: a FIFO, a device or a dangling link is unreadable,
+/// and says what it is.
 pub fn load(path: &Path) -> Outcome {
-    match std::fs::read(path) {
-        Ok(bytes) => compile(&path.display().to_string(), &bytes),
-        Err(e) => Outcome::Unreadable(e),
+    load_with_print(path).0
+}
+
+/// [`load`], with the fingerprint of the file the bytes came from (taken
+/// before reading, so a later write shows as a change).
+pub fn load_with_print(path: &Path) -> (Outcome, Fingerprint) {
+    match crate::watch::read_file(path) {
+        Ok((bytes, print)) => (compile(&path.display().to_string(), &bytes), print),
+        Err(e) => (Outcome::Unreadable(e), Fingerprint::default()),
     }
+}
+
+/// Runs `work` on every item, on as many threads as the machine has, and
+/// returns the results in the items' order. Blocking.
+pub fn in_parallel<I: Sync, R: Send>(items: &[I], work: impl Fn(&I) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if items.len() < 2 || threads < 2 {
+        return items.iter().map(&work).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let running: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        let mut results = Vec::with_capacity(items.len());
+        for (thread, part) in running.into_iter().zip(items.chunks(chunk)) {
+            match thread.join() {
+                Ok(done) => results.extend(done),
+                // A worker that panicked: its part is done again here.
+                Err(_) => results.extend(part.iter().map(work)),
+            }
+        }
+        results
+    })
 }
 
 /// Compiles a policy file's bytes; `source` names it.
@@ -83,7 +118,8 @@ pub fn compile(source: &str, bytes: &[u8]) -> Outcome {
 }
 
 /// A policy directory's tenant files: `NAME.toml` directly in the
-/// directory, regular files or symlinks to them, `NAME` a tenant name.
+/// directory, `NAME` a tenant name, whatever they are (a regular file, a
+/// symlink, or something that cannot be read, which loading reports).
 #[derive(Debug, Default)]
 pub struct TenantFiles {
     /// Each tenant's name and file, in name order.
@@ -112,20 +148,19 @@ pub fn tenant_files(dir: &Path) -> std::io::Result<TenantFiles> {
             files.misnamed.push(name.to_owned());
             continue;
         }
-        // A symlink counts when it leads to a regular file.
-        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-            files.tenants.push((stem.to_owned(), entry.path()));
-        }
+        files.tenants.push((stem.to_owned(), entry.path()));
     }
     files.tenants.sort();
     files.misnamed.sort();
     Ok(files)
 }
 
-/// Loads every tenant file of `dir`: each tenant's outcome, in name order.
-pub fn load_dir(dir: &Path) -> std::io::Result<(TenantFiles, Vec<Outcome>)> {
+/// Loads every tenant file of `dir`, read and compiled in parallel: each
+/// tenant's outcome and the fingerprint of the file it came from, in name
+/// order.
+pub fn load_dir(dir: &Path) -> std::io::Result<(TenantFiles, Vec<(Outcome, Fingerprint)>)> {
     let files = tenant_files(dir)?;
-    let outcomes = files.tenants.iter().map(|(_, path)| load(path)).collect();
+    let outcomes = in_parallel(&files.tenants, |(_, path)| load_with_print(path));
     Ok((files, outcomes))
 }
 

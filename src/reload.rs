@@ -1,174 +1,129 @@
-//! Hot reload: watch the policy file's directory, read, compile and swap,
-//! keeping the last good policy whenever the file on disk is not one.
+//! Hot reload (DESIGN.md sections 6, 8 and 14): what [`crate::watch`] says
+//! changed is read, compiled off the request path and swapped in, keeping
+//! the last good policy wherever the file on disk is not one.
 //!
-//! The directory is watched (not the file) so rename-over saves, editors'
-//! temp-file dance and Kubernetes ConfigMap `..data` symlink swaps are seen.
-//! Bursts of events are debounced; the file is read until two reads agree, so
-//! a write caught half-way is not compiled; compiling runs off the async
-//! workers. A slow poll of the file's metadata backs the watcher up.
+//! - A policy file: read until stable, compiled, swapped.
+//! - A policy directory: each settled change is one batch. Only the files
+//!   that may have changed are read (a rescan compares every file's
+//!   metadata first), a file whose content is the policy in force costs
+//!   that one read, the changed ones are compiled in parallel, and the whole
+//!   batch goes in with one swap of the tenant set. When the directory's
+//!   revision (where its path leads, its `..data` link) moved while the
+//!   batch was read, the batch is read again, so a ConfigMap or git-sync
+//!   update is in force entirely or not at all.
+//!
+//! Each reloader runs under a supervisor: a reloader that ends or panics is
+//! logged, counted and started again, and its first act is a rescan.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::{debug, error, info, warn};
 
-use crate::core::Policy;
+use crate::core::{Policy, TenantSet};
 use crate::memory::release_freed_memory;
 use crate::policy_file::{self, Outcome};
-use crate::store::{PolicyStore, ReloadResult};
+use crate::store::{BatchResult, PolicyStore, ReloadResult, Snapshot};
+use crate::watch::{self, Change, Fingerprint, Layout, Watch};
 
-/// Quiet time after the last event before the file is read.
-const DEBOUNCE: Duration = Duration::from_millis(60);
-/// Longest a burst of events may put a reload off.
-const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
-/// Pause between the two reads that must agree.
-const SETTLE: Duration = Duration::from_millis(25);
-/// Reads tried before a file that keeps changing is given up on, for now.
-const MAX_READS: usize = 20;
-/// How often the file's metadata is compared, in case an event was missed.
-const POLL: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy)]
-enum Trigger {
-    /// Something changed in the directory.
-    Changed,
-    /// Reload at once (SIGHUP).
-    Now,
-}
+/// Pause before a reloader that ended is started again; doubled up to
+/// [`RESTART_MAX`] while it keeps ending at once.
+const RESTART_FIRST: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+/// Times a batch is read again because the directory's revision moved
+/// while it was read.
+const MAX_REVISION_RETRIES: usize = 5;
 
 /// A handle on a running reloader.
 #[derive(Debug, Clone)]
 pub struct ReloadHandle {
-    triggers: mpsc::Sender<Trigger>,
+    now: Arc<Notify>,
+    running: Arc<Mutex<Option<AbortHandle>>>,
 }
 
 impl ReloadHandle {
-    /// Asks for a reload at once, without debouncing (what SIGHUP does).
+    /// Asks for a reload at once, reading every file (what SIGHUP does).
     pub fn reload_now(&self) {
-        let _ = self.triggers.try_send(Trigger::Now);
+        self.now.notify_one();
+    }
+
+    /// Ends the running reloader as a crash would; the supervisor logs it,
+    /// counts it and starts a new one. For tests of that recovery.
+    #[doc(hidden)]
+    pub fn kill_reloader(&self) {
+        if let Some(running) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            running.abort();
+        }
     }
 }
 
-/// Starts watching `path`, swapping each valid new version into `store`.
-/// Must be called within a tokio runtime.
-pub fn spawn(path: PathBuf, store: Arc<PolicyStore>) -> Result<(ReloadHandle, JoinHandle<()>), notify::Error> {
-    let (triggers, events) = mpsc::channel(256);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+/// Runs the reloader `start` makes, again whenever it ends.
+fn supervise<F, Fut>(what: String, store: Arc<PolicyStore>, mut start: F) -> (ReloadHandle, JoinHandle<()>)
+where
+    F: FnMut(Arc<Notify>, bool) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = ReloadHandle {
+        now: Arc::new(Notify::new()),
+        running: Arc::default(),
     };
-    let file_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    let sender = triggers.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => {
-                !matches!(event.kind, EventKind::Access(_))
-                    && (event.paths.is_empty()
-                        || event.paths.iter().any(|p| {
-                            p.file_name()
-                                .is_some_and(|n| n == file_name || n.to_string_lossy().starts_with(".."))
-                        }))
+    let (now, running) = (Arc::clone(&handle.now), Arc::clone(&handle.running));
+    let task = tokio::spawn(async move {
+        let mut pause = RESTART_FIRST;
+        let mut restarted = false;
+        loop {
+            let started = Instant::now();
+            let task = tokio::spawn(start(Arc::clone(&now), restarted));
+            *running.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+            match task.await {
+                Ok(()) => warn!(watch = %what, "the reloader ended; starting it again"),
+                Err(e) if e.is_panic() => error!(watch = %what, "the reloader panicked; starting it again"),
+                Err(_) => warn!(watch = %what, "the reloader was stopped; starting it again"),
             }
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = sender.try_send(Trigger::Changed);
+            store.reload_stats().count_restart();
+            restarted = true;
+            if started.elapsed() > RESTART_MAX {
+                pause = RESTART_FIRST;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RESTART_MAX);
         }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let task = tokio::spawn(run(path, store, events, watcher));
-    Ok((ReloadHandle { triggers }, task))
+    });
+    (handle, task)
 }
 
-async fn run(
-    path: PathBuf,
-    store: Arc<PolicyStore>,
-    mut events: mpsc::Receiver<Trigger>,
-    _watcher: notify::RecommendedWatcher,
-) {
-    let mut seen = fingerprint(&path);
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            trigger = events.recv() => match trigger {
-                None => return,
-                Some(Trigger::Now) => {}
-                Some(Trigger::Changed) => debounce(&mut events).await,
-            },
-            _ = poll.tick() => {
-                if fingerprint(&path) == seen {
-                    continue;
+/// Starts following the policy file `path`, swapping each valid new version
+/// into `store`. Must be called within a tokio runtime.
+pub fn spawn(path: PathBuf, store: Arc<PolicyStore>) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
+    // Fails here, not in the supervisor, when the file cannot be watched.
+    drop(Watch::files(vec![path.clone()], Arc::new(Notify::new()))?);
+    let what = path.display().to_string();
+    Ok(supervise(what, Arc::clone(&store), move |now, restarted| {
+        let (path, store) = (path.clone(), Arc::clone(&store));
+        async move {
+            let mut watch = match Watch::files(vec![path.clone()], now) {
+                Ok(watch) => watch,
+                Err(e) => {
+                    warn!(policy = %path.display(), "cannot watch the policy file: {e}");
+                    return;
                 }
-                debug!(policy = %path.display(), "policy file metadata changed");
+            };
+            if restarted {
+                reload(&path, "", &store).await;
+            }
+            loop {
+                let change = watch.next().await;
+                debug!(policy = %path.display(), rescan = change.rescan, "policy file changed");
+                reload(&path, "", &store).await;
             }
         }
-        seen = fingerprint(&path);
-        reload(&path, "", &store).await;
-    }
-}
-
-/// Waits until events stop for [`DEBOUNCE`], or [`DEBOUNCE_MAX`] at most.
-async fn debounce(events: &mut mpsc::Receiver<Trigger>) {
-    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-    loop {
-        let quiet = tokio::time::sleep(DEBOUNCE);
-        tokio::select! {
-            _ = quiet => return,
-            _ = tokio::time::sleep_until(deadline) => return,
-            trigger = events.recv() => match trigger {
-                None | Some(Trigger::Now) => return,
-                Some(Trigger::Changed) => {}
-            },
-        }
-    }
-}
-
-/// What identifies a version of the file without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Option<(u64, Option<SystemTime>, u64)>);
-
-fn fingerprint(path: &Path) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt;
-    Fingerprint(
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok(), m.ino())),
-    )
-}
-
-/// Reads the file until two reads agree, or until a read comes from a file
-/// renamed into place since the read before it: a rename-over (editors,
-/// `corsd entries`, Kubernetes) only ever shows a whole file, so while
-/// writers keep renaming new versions in, each is taken as it comes. Only a
-/// file changing in place must settle.
-async fn read_stable(path: &Path) -> std::io::Result<Vec<u8>> {
-    let (mut previous, mut inode) = read_with_inode(path).await?;
-    for _ in 0..MAX_READS {
-        tokio::time::sleep(SETTLE).await;
-        let (bytes, now) = read_with_inode(path).await?;
-        if bytes == previous || now != inode {
-            return Ok(bytes);
-        }
-        (previous, inode) = (bytes, now);
-    }
-    Err(std::io::Error::other("the file kept changing while it was read"))
-}
-
-/// The file's bytes and the inode they were read from.
-async fn read_with_inode(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    let inode = file.metadata().await?.ino();
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await?;
-    Ok((bytes, inode))
+    }))
 }
 
 /// Reads, compiles and swaps in the file at `path` as tenant `tenant`'s
@@ -179,9 +134,13 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
     let shown = path.display().to_string();
     let in_force = store.tenant(tenant);
     let version = in_force.as_ref().map_or("", |s| s.policy.version()).to_owned();
-    let bytes = match read_stable(path).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
+    let read = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || watch::read_stable(&path)).await
+    };
+    let bytes = match read {
+        Ok(Ok((bytes, _))) => bytes,
+        Ok(Err(e)) => {
             let error = Outcome::Unreadable(e).report(&shown).to_string();
             warn!(
                 policy = %shown,
@@ -194,6 +153,7 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
             store.count_reload(ReloadResult::Unreadable);
             return;
         }
+        Err(_) => return,
     };
     if in_force.is_some() && Policy::version_of(&bytes) == version {
         debug!(policy = %shown, tenant, version, "policy file unchanged");
@@ -259,176 +219,380 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
                 Outcome::Unreadable(_) => ReloadResult::Unreadable,
                 _ => ReloadResult::Invalid,
             });
-            drop(rejected);
-            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         }
     }
 }
 
-/// How often a policy directory's files are compared, in case an event was missed.
-const DIR_POLL: Duration = Duration::from_secs(1);
-
-/// Starts watching the policy directory `dir` (directory mode): a changed
-/// tenant file is compiled alone and swapped in, a new one adds its tenant,
-/// and one removed (and still gone after the debounce) removes its tenant.
-/// `known` holds the tenant files loaded at start-up. Must be called within
-/// a tokio runtime.
+/// Starts following the policy directory `dir`: each settled change is one
+/// batch, swapped in at once. `known` holds the tenant files loaded at
+/// start-up; each is read once by a first rescan. Must be called within a
+/// tokio runtime.
 pub fn spawn_dir(
     dir: PathBuf,
     known: Vec<(String, PathBuf)>,
     store: Arc<PolicyStore>,
-) -> Result<(ReloadHandle, JoinHandle<()>), notify::Error> {
-    let (triggers, events) = mpsc::channel(256);
-    let sender = triggers.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if !matches!(&event, Ok(event) if matches!(event.kind, EventKind::Access(_))) {
-            let _ = sender.try_send(Trigger::Changed);
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    // Not fingerprinted here: a file edited between start-up's load and now
-    // would look unchanged. The first scan reads every file instead.
+) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
     let seen = known.into_iter().map(|(name, _)| (name, None)).collect();
+    spawn_dir_seen(dir, seen, store)
+}
+
+/// [`spawn_dir`] with the fingerprint of each file as start-up read it, so
+/// only files changed since are read again.
+pub fn spawn_dir_from(
+    dir: PathBuf,
+    known: Vec<(String, Fingerprint)>,
+    store: Arc<PolicyStore>,
+) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
+    let seen = known.into_iter().map(|(name, print)| (name, Some(print))).collect();
+    spawn_dir_seen(dir, seen, store)
+}
+
+fn spawn_dir_seen(
+    dir: PathBuf,
+    seen: HashMap<String, Option<Fingerprint>>,
+    store: Arc<PolicyStore>,
+) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
+    drop(Watch::dir(dir.clone(), Arc::new(Notify::new()))?);
     // Start-up already warned of these.
-    let warned = crate::policy_file::tenant_files(&dir)
+    let warned: HashSet<String> = policy_file::tenant_files(&dir)
         .map(|files| files.misnamed.into_iter().collect())
         .unwrap_or_default();
-    let task = tokio::spawn(run_dir(dir, store, seen, warned, events, watcher));
-    Ok((ReloadHandle { triggers }, task))
+    let what = dir.display().to_string();
+    Ok(supervise(what, Arc::clone(&store), move |now, restarted| {
+        let mut state = DirState {
+            dir: dir.clone(),
+            seen: seen.clone(),
+            warned: warned.clone(),
+        };
+        let store = Arc::clone(&store);
+        async move {
+            let mut watch = match Watch::dir(state.dir.clone(), now) {
+                Ok(watch) => watch,
+                Err(e) => {
+                    warn!(dir = %state.dir.display(), "cannot watch the policy directory: {e}");
+                    return;
+                }
+            };
+            let first_rescan = restarted || state.seen.values().any(Option::is_none);
+            if first_rescan {
+                let change = Change {
+                    rescan: true,
+                    since: Some(tokio::time::Instant::now()),
+                    ..Change::default()
+                };
+                state = batch(state, change, &store).await;
+            }
+            loop {
+                let change = watch.next().await;
+                state = batch(state, change, &store).await;
+            }
+        }
+    }))
 }
 
-async fn run_dir(
+/// What a directory's reloader remembers between batches.
+#[derive(Debug, Clone)]
+struct DirState {
     dir: PathBuf,
-    store: Arc<PolicyStore>,
-    mut seen: HashMap<String, Option<Fingerprint>>,
-    mut warned: HashSet<String>,
-    mut events: mpsc::Receiver<Trigger>,
-    _watcher: notify::RecommendedWatcher,
-) {
-    let mut poll = tokio::time::interval(DIR_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Each tenant file seen, and its fingerprint when it was last read
+    /// (`None`: read it at the next look).
+    seen: HashMap<String, Option<Fingerprint>>,
+    /// Misnamed `.toml` files already warned about.
+    warned: HashSet<String>,
+}
+
+/// What one tenant file turned out to be in a batch.
+#[derive(Debug)]
+enum Found {
+    /// Its content is the policy in force.
+    Same(String, Fingerprint),
+    /// A new version to compile.
+    Changed(String, PathBuf, Vec<u8>, Fingerprint),
+    /// It is there but cannot be read (a dangling link, a FIFO, a
+    /// directory, a read error); its tenant keeps its policy.
+    Unreadable(String, PathBuf, String, Fingerprint),
+    /// Its name is gone from the directory.
+    Gone(String),
+}
+
+/// What a batch read: each file's state, and names warned about.
+#[derive(Debug, Default)]
+struct Survey {
+    found: Vec<Found>,
+    misnamed: Vec<String>,
+    rescanned: bool,
+}
+
+/// Reads one settled change of the directory and puts it in force with one
+/// swap. Returns the state for the next batch.
+async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> DirState {
+    let since = change.since.map_or_else(Instant::now, tokio::time::Instant::into_std);
+    let tenants = store.tenants_full();
+    let kept = state.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let survey = survey_stable(&state, &change, &tenants);
+        drop(tenants);
+        let survey = survey.map(|s| {
+            let compiled = compile_changed(&s.found);
+            (s, compiled)
+        });
+        (state, survey)
+    })
+    .await;
+    let Ok((mut state, survey)) = work else {
+        error!(dir = %kept.dir.display(), "a policy directory batch failed; the policies in force stay");
+        store.reload_stats().count_batch(BatchResult::Failed, since.elapsed());
+        return kept;
+    };
+    let (survey, compiled) = match survey {
+        Ok(done) => done,
+        Err(e) => {
+            warn!(dir = %state.dir.display(), "cannot list the policy directory: {e}; every tenant stays in force");
+            store.reload_stats().count_batch(BatchResult::Failed, since.elapsed());
+            return state;
+        }
+    };
+    if survey.rescanned {
+        store.reload_stats().count_rescan();
+    }
+    apply(&mut state, survey, compiled, store, since).await;
+    state
+}
+
+/// Surveys the change, again while the directory's revision moves under it.
+fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> io::Result<Survey> {
+    let mut tries = 0;
     loop {
-        // After an event or SIGHUP every file is read; a poll compares metadata.
-        let by_content = tokio::select! {
-            trigger = events.recv() => match trigger {
-                None => return,
-                Some(Trigger::Now) => true,
-                Some(Trigger::Changed) => {
-                    debounce(&mut events).await;
-                    true
+        let before = Layout::of(&state.dir);
+        let mut survey = survey(state, change, tenants)?;
+        let changed = survey.found.iter().any(|f| matches!(f, Found::Changed(..)));
+        let gone = survey.found.iter().any(|f| matches!(f, Found::Gone(_)));
+        if changed || gone {
+            // One pause for the whole batch; then each changed file must
+            // read the same again (or have been renamed in since).
+            std::thread::sleep(watch::SETTLE);
+            for slot in &mut survey.found {
+                if let Found::Changed(name, path, bytes, print) = &*slot {
+                    let settled = match watch::agrees(path, bytes, print) {
+                        Ok(Some(read)) => Ok(read),
+                        Ok(None) => watch::read_stable(path),
+                        Err(e) => Err(e),
+                    };
+                    *slot = settled_found(name, path, print, settled, tenants);
                 }
-            },
-            _ = poll.tick() => false,
-        };
-        scan(&dir, &store, &mut seen, &mut warned, by_content).await;
+            }
+            // A name that came back meanwhile is left to the next batch.
+            survey.found.retain(|f| match f {
+                Found::Gone(name) => std::fs::symlink_metadata(state.dir.join(format!("{name}.toml"))).is_err(),
+                _ => true,
+            });
+        }
+        let after = Layout::of(&state.dir);
+        tries += 1;
+        if before.same_revision(&after) || tries > MAX_REVISION_RETRIES {
+            return Ok(survey);
+        }
+        debug!(dir = %state.dir.display(), "the directory changed revision while it was read; reading again");
     }
 }
 
-/// A tenant file as the directory holds it now.
-struct Listed {
-    name: String,
-    path: PathBuf,
-    print: Fingerprint,
-    /// The version of its content, when it was read.
-    version: Option<String>,
+/// The second read of a changed file, as a [`Found`].
+fn settled_found(
+    name: &str,
+    path: &Path,
+    print: &Fingerprint,
+    read: io::Result<(Vec<u8>, Fingerprint)>,
+    tenants: &TenantSet<Snapshot>,
+) -> Found {
+    match read {
+        Ok((bytes, print)) => {
+            if tenants
+                .get(name)
+                .is_some_and(|s| s.policy.version() == Policy::version_of(&bytes))
+            {
+                Found::Same(name.to_owned(), print)
+            } else {
+                Found::Changed(name.to_owned(), path.to_path_buf(), bytes, print)
+            }
+        }
+        Err(e) => Found::Unreadable(name.to_owned(), path.to_path_buf(), e.to_string(), print.clone()),
+    }
 }
 
-/// Lists the directory and fingerprints each tenant file, reading (and
-/// hashing) those whose metadata changed, or all of them with `by_content`.
-/// Blocking: run off the async workers.
-fn list(
-    dir: &Path,
-    seen: &HashMap<String, Option<Fingerprint>>,
-    by_content: bool,
-) -> std::io::Result<(Vec<Listed>, Vec<String>)> {
-    let files = crate::policy_file::tenant_files(dir)?;
-    let listed = files
-        .tenants
-        .into_iter()
-        .map(|(name, path)| {
-            let print = fingerprint(&path);
-            let changed = by_content || seen.get(&name).and_then(Option::as_ref) != Some(&print);
-            let version = changed
-                .then(|| std::fs::read(&path).ok().map(|bytes| Policy::version_of(&bytes)))
-                .flatten();
-            Listed {
-                name,
-                path,
-                print,
-                version,
+/// Looks at the files the change may have touched (every tenant file on a
+/// rescan), reading only those whose metadata moved (all of them when
+/// forced). Blocking.
+fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> io::Result<Survey> {
+    let dir = &state.dir;
+    let mut survey = Survey {
+        rescanned: change.rescan,
+        ..Survey::default()
+    };
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    if change.rescan {
+        let files = policy_file::tenant_files(dir)?;
+        survey.misnamed = files.misnamed;
+        names.extend(files.tenants.into_iter().map(|(name, _)| name));
+        for name in state.seen.keys() {
+            if !names.contains(name) {
+                survey.found.push(Found::Gone(name.clone()));
             }
+        }
+    } else {
+        for path in &change.paths {
+            let Some(file) = watch::name_of(path) else { continue };
+            let Some(stem) = file.strip_suffix(".toml") else {
+                continue;
+            };
+            if !crate::core::is_tenant_name(stem) {
+                survey.misnamed.push(file);
+                continue;
+            }
+            if std::fs::symlink_metadata(path).is_err() {
+                if state.seen.contains_key(stem) || tenants.get(stem).is_some() {
+                    survey.found.push(Found::Gone(stem.to_owned()));
+                }
+                continue;
+            }
+            names.insert(stem.to_owned());
+        }
+    }
+    for name in names {
+        let path = dir.join(format!("{name}.toml"));
+        let print = Fingerprint::of(&path);
+        if !change.forced && state.seen.get(&name).and_then(Option::as_ref) == Some(&print) {
+            continue;
+        }
+        match watch::read_file(&path) {
+            Ok((bytes, print)) => {
+                let same = tenants
+                    .get(&name)
+                    .is_some_and(|s| s.policy.version() == Policy::version_of(&bytes));
+                survey.found.push(if same {
+                    Found::Same(name, print)
+                } else {
+                    Found::Changed(name, path, bytes, print)
+                });
+            }
+            Err(e) => survey.found.push(Found::Unreadable(name, path, e.to_string(), print)),
+        }
+    }
+    Ok(survey)
+}
+
+/// Compiles the changed files of a survey, in parallel, in its order.
+fn compile_changed(found: &[Found]) -> Vec<Outcome> {
+    let changed: Vec<(String, &[u8])> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Changed(_, path, bytes, _) => Some((path.display().to_string(), bytes.as_slice())),
+            _ => None,
         })
         .collect();
-    Ok((listed, files.misnamed))
+    policy_file::in_parallel(&changed, |(shown, bytes)| policy_file::compile(shown, bytes))
 }
 
-/// Compares the directory with what is in force and applies each
-/// difference. A file whose content is the policy in force costs one read;
-/// only one that differs is read until stable, compiled and swapped in.
-async fn scan(
-    dir: &Path,
-    store: &PolicyStore,
-    seen: &mut HashMap<String, Option<Fingerprint>>,
-    warned: &mut HashSet<String>,
-    by_content: bool,
-) {
-    let listing = {
-        let (dir, snapshot) = (dir.to_path_buf(), seen.clone());
-        tokio::task::spawn_blocking(move || list(&dir, &snapshot, by_content)).await
-    };
-    let (listed, misnamed) = match listing {
-        Ok(Ok(listing)) => listing,
-        Ok(Err(e)) => {
-            warn!(dir = %dir.display(), "cannot list the policy directory: {e}; every tenant stays in force");
-            return;
-        }
-        Err(_) => return,
-    };
-    for name in misnamed {
-        if !warned.contains(&name) {
-            warn!("{}", crate::policy_file::misnamed_message(dir, &name));
-            warned.insert(name);
+/// Puts a surveyed batch in force: one swap for every valid change and
+/// removal, the last good policy kept (and why) for every other file.
+async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, store: &PolicyStore, since: Instant) {
+    for name in survey.misnamed {
+        if state.warned.insert(name.clone()) {
+            warn!("{}", policy_file::misnamed_message(&state.dir, &name));
         }
     }
-    let present: HashSet<String> = listed.iter().map(|l| l.name.clone()).collect();
-    for Listed {
-        name,
-        path,
-        print,
-        version,
-    } in listed
-    {
-        let unchanged = seen.get(&name).and_then(Option::as_ref) == Some(&print);
-        if !by_content && unchanged {
-            continue;
+    let mut compiled = compiled.into_iter();
+    let mut changes: Vec<(String, Option<Policy>)> = Vec::new();
+    let (mut applied, mut rejected, mut added, mut removed) = (0usize, 0usize, 0usize, 0usize);
+    for found in survey.found {
+        match found {
+            Found::Same(name, print) => {
+                store.clear_reload_error(&name);
+                state.seen.insert(name, Some(print));
+            }
+            Found::Changed(name, path, _, print) => {
+                let shown = path.display().to_string();
+                state.seen.insert(name.clone(), Some(print));
+                match compiled.next() {
+                    Some(Outcome::Valid(done)) => {
+                        for warning in &done.warnings {
+                            warn!(policy = %shown, "{}", warning.display(&shown));
+                        }
+                        if store.tenant(&name).is_none() {
+                            added += 1;
+                        }
+                        applied += 1;
+                        store.count_reload(ReloadResult::Ok);
+                        changes.push((name, Some(done.policy)));
+                    }
+                    Some(rejected_outcome) => {
+                        rejected += 1;
+                        let text = rejected_outcome.report(&shown).to_string();
+                        warn!(
+                            policy = %shown,
+                            tenant = %name,
+                            "policy reload rejected; the last good policy stays in force:\n{text}"
+                        );
+                        store.set_reload_error(&name, text);
+                        store.count_reload(match rejected_outcome {
+                            Outcome::Unreadable(_) => ReloadResult::Unreadable,
+                            _ => ReloadResult::Invalid,
+                        });
+                    }
+                    None => {}
+                }
+            }
+            Found::Unreadable(name, path, why, print) => {
+                rejected += 1;
+                let text = format!(
+                    "{}: {}",
+                    path.display(),
+                    policy_file::unreadable_message(&io::Error::other(why))
+                );
+                let known = store.reload_error(&name).is_some_and(|e| *e == text);
+                if !known {
+                    warn!(tenant = %name, "policy reload rejected; the last good policy stays in force: {text}");
+                }
+                store.set_reload_error(&name, text);
+                store.count_reload(ReloadResult::Unreadable);
+                state.seen.insert(name, Some(print));
+            }
+            Found::Gone(name) => {
+                state.seen.remove(&name);
+                if store.tenant(&name).is_some() {
+                    removed += 1;
+                    store.count_reload(ReloadResult::Removed);
+                    changes.push((name, None));
+                } else {
+                    store.clear_reload_error(&name);
+                }
+            }
         }
-        seen.insert(name.clone(), Some(print));
-        let in_force = store.tenant(&name).map(|s| s.policy.version().to_owned());
-        if version.is_some() && version == in_force {
-            store.clear_reload_error(&name);
-            continue;
-        }
-        reload(&path, &name, store).await;
     }
-    let gone: Vec<String> = seen.keys().filter(|n| !present.contains(*n)).cloned().collect();
-    if gone.is_empty() {
+    if applied == 0 && rejected == 0 && removed == 0 {
         return;
     }
-    // Removed, or caught between a rename's two halves: removed only if the
-    // file is still gone after the debounce.
-    tokio::time::sleep(DEBOUNCE).await;
-    for name in gone {
-        let path = dir.join(format!("{name}.toml"));
-        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        seen.remove(&name);
-        if store.tenant(&name).is_some() {
-            store.swap_tenant(&name, None);
-            store.count_reload(ReloadResult::Removed);
-            info!(tenant = %name, policy = %path.display(), "policy file removed; tenant removed");
-        } else {
-            store.clear_reload_error(&name);
-        }
+    let swapped = !changes.is_empty();
+    store.swap_batch(changes);
+    let took = since.elapsed();
+    let result = match (applied + removed, rejected) {
+        (_, 0) => BatchResult::Ok,
+        (0, _) => BatchResult::Failed,
+        _ => BatchResult::Partial,
+    };
+    store.reload_stats().count_batch(result, took);
+    info!(
+        dir = %state.dir.display(),
+        changed = applied - added,
+        added,
+        removed,
+        rejected,
+        tenants = store.tenants().len(),
+        took_ms = took.as_secs_f64() * 1000.0,
+        result = result.as_str(),
+        "policy directory batch {}",
+        if swapped { "swapped in" } else { "rejected" }
+    );
+    if swapped || rejected > 0 {
+        let _ = tokio::task::spawn_blocking(release_freed_memory).await;
     }
 }

@@ -24,14 +24,16 @@ use crate::memory::release_freed_memory;
 use crate::observe::{self, metrics::Metrics};
 use crate::reload;
 use crate::store::PolicyStore;
+use crate::watch::Fingerprint;
 
 /// Where the policies come from, each already loaded and valid.
 #[derive(Debug)]
 pub enum Policies {
     /// `--policy FILE`: one tenant, named `""`.
     File(PathBuf, Box<Policy>),
-    /// `--policy-dir DIR`: each tenant's name, file and policy.
-    Dir(PathBuf, Vec<(String, PathBuf, Policy)>),
+    /// `--policy-dir DIR`: each tenant's name, file, policy, and the
+    /// fingerprint of the file it was read from.
+    Dir(PathBuf, Vec<(String, PathBuf, Policy, Fingerprint)>),
 }
 
 /// What `corsd serve` runs with.
@@ -109,9 +111,9 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         Policies::Dir(dir, tenants) => {
             let known = tenants
                 .iter()
-                .map(|(name, path, _)| (name.clone(), path.clone()))
+                .map(|(name, _, _, print)| (name.clone(), print.clone()))
                 .collect();
-            let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy)| (name, policy)));
+            let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
             (dir, store, Some(known))
         }
     };
@@ -152,7 +154,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     }
     let watching = match known {
         None => reload::spawn(source.clone(), Arc::clone(&store)),
-        Some(known) => reload::spawn_dir(source.clone(), known, Arc::clone(&store)),
+        Some(known) => reload::spawn_dir_from(source.clone(), known, Arc::clone(&store)),
     };
     let reloader = match watching {
         Ok((handle, _task)) => handle,
@@ -197,7 +199,11 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         None => None,
         Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
             Ok(metrics_listener) => {
-                let metrics = match Metrics::new(Arc::clone(&store), args.metrics_per_tenant) {
+                let made = Metrics::new(Arc::clone(&store), args.metrics_per_tenant).and_then(|m| match &tls {
+                    Some(tls) => m.with_tls(Arc::clone(tls)),
+                    None => Ok(m),
+                });
+                let metrics = match made {
                     Ok(metrics) => Arc::new(metrics),
                     Err(e) => {
                         error!("cannot set up the metrics: {e}");

@@ -95,6 +95,100 @@ impl ReloadResult {
     }
 }
 
+/// How a directory's batch ended, as `corsd_policy_reload_batches_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    /// Every changed file was applied.
+    Ok,
+    /// Some files were applied, others kept their last good policy.
+    Partial,
+    /// Nothing could be applied: every changed file was rejected, or the
+    /// directory could not be listed.
+    Failed,
+}
+
+impl BatchResult {
+    /// Every result, in label order.
+    pub const ALL: [BatchResult; 3] = [BatchResult::Ok, BatchResult::Partial, BatchResult::Failed];
+
+    /// The metric's label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchResult::Ok => "ok",
+            BatchResult::Partial => "partial",
+            BatchResult::Failed => "failed",
+        }
+    }
+}
+
+/// Upper bounds of `corsd_policy_reload_batch_seconds`' buckets.
+pub const BATCH_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Counts of the reloaders, bumped by them and read at scrape.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    batches: [AtomicU64; 3],
+    rescans: AtomicU64,
+    restarts: AtomicU64,
+    /// Batches by bucket of [`BATCH_BUCKETS`] (the last: above them all).
+    batch_buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    batch_micros: AtomicU64,
+}
+
+impl ReloadStats {
+    /// Counts one batch and how long it took, from its first event to its swap.
+    pub fn count_batch(&self, result: BatchResult, took: std::time::Duration) {
+        if let Some(counter) = self.batches.get(result as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = took.as_secs_f64();
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(BATCH_BUCKETS.len());
+        if let Some(counter) = self.batch_buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.batch_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a full rescan of a followed directory.
+    pub fn count_rescan(&self) {
+        self.rescans.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reloader that ended and was started again.
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batches that ended so.
+    pub fn batches(&self, result: BatchResult) -> u64 {
+        self.batches
+            .get(result as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Full rescans so far.
+    pub fn rescans(&self) -> u64 {
+        self.rescans.load(Ordering::Relaxed)
+    }
+
+    /// Reloader restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Batches per bucket of [`BATCH_BUCKETS`] (not cumulative; the last is
+    /// above every bound), and their summed time in seconds.
+    pub fn batch_times(&self) -> (Vec<u64>, f64) {
+        let counts = self.batch_buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (counts, self.batch_micros.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+}
+
 /// The tenants in force and the state of their last reloads.
 #[derive(Debug)]
 pub struct PolicyStore {
@@ -114,6 +208,7 @@ pub struct PolicyStore {
     counts: Mutex<HashMap<String, Arc<DecisionCounts>>>,
     /// Counts swaps, for those who push each new policy on (ECDS).
     swaps: tokio::sync::watch::Sender<u64>,
+    reload_stats: ReloadStats,
 }
 
 impl PolicyStore {
@@ -147,6 +242,7 @@ impl PolicyStore {
             last_swap_unix_ms: AtomicI64::new(now_unix_ms()),
             counts: Mutex::new(counts),
             swaps: tokio::sync::watch::Sender::new(0),
+            reload_stats: ReloadStats::default(),
         }
     }
 
@@ -189,17 +285,7 @@ impl PolicyStore {
     /// Puts `policy` in force for `name` (`None`: removes the tenant) and
     /// clears its reload error. The other tenants keep their snapshots.
     pub fn swap_tenant(&self, name: &str, policy: Option<Policy>) {
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = policy.map(|p| {
-            let mut snapshot = snapshot(name, p);
-            snapshot.counts = self.counts_of(name, &snapshot.counts);
-            Arc::new(snapshot)
-        });
-        let next = self.tenants.load().with(name, snapshot);
-        self.tenants.store(Arc::new(next));
-        self.last_swap_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
-        self.clear_reload_error(name);
-        self.swaps.send_modify(|count| *count += 1);
+        self.swap_batch(vec![(name.to_owned(), policy)]);
     }
 
     /// Counts one reload's result.
@@ -225,6 +311,43 @@ impl PolicyStore {
     fn counts_of(&self, name: &str, fresh: &Arc<DecisionCounts>) -> Arc<DecisionCounts> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(counts.entry(name.to_owned()).or_insert_with(|| Arc::clone(fresh)))
+    }
+
+    /// Puts every change of a batch in force with one swap: each `Some`
+    /// policy replaces or adds its tenant, each `None` removes it, and each
+    /// changed tenant's reload error is cleared. A call sees the set before
+    /// the batch or after it, never a part of it.
+    pub fn swap_batch(&self, changes: Vec<(String, Option<Policy>)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let changes: Vec<(Arc<str>, Option<Arc<Snapshot>>)> = changes
+            .into_iter()
+            .map(|(name, policy)| {
+                let snapshot = policy.map(|p| {
+                    let mut snapshot = snapshot(&name, p);
+                    snapshot.counts = self.counts_of(&name, &snapshot.counts);
+                    Arc::new(snapshot)
+                });
+                (Arc::from(name), snapshot)
+            })
+            .collect();
+        let names: Vec<Arc<str>> = changes.iter().map(|(name, _)| Arc::clone(name)).collect();
+        let next = self.tenants.load().with_all(changes);
+        self.tenants.store(Arc::new(next));
+        self.last_swap_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        let mut errors = self.errors();
+        for name in &names {
+            errors.remove(&**name);
+        }
+        drop(errors);
+        self.swaps.send_modify(|count| *count += 1);
+    }
+
+    /// The reloaders' own counts: batches, rescans, restarts.
+    pub fn reload_stats(&self) -> &ReloadStats {
+        &self.reload_stats
     }
 
     /// Single mode: puts `policy` in force.

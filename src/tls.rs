@@ -2,9 +2,9 @@
 //! (PEM), and with `--tls-client-ca` clients must present a certificate that
 //! chains to that CA (mTLS). TLS 1.2 and 1.3 only, ALPN `h2`.
 //!
-//! The files are polled every [`POLL`]: when any of them changes, a whole new
-//! server configuration is built from all three and used by every handshake
-//! after that. A configuration that cannot be built (a file half written, a
+//! The files are followed by [`crate::watch`]: when any of them changes, a
+//! whole new server configuration is built from all three and used by every
+//! handshake after that. A configuration that cannot be built (a file half written, a
 //! key that does not match its certificate, a CA file with no certificate)
 //! keeps the one in force and is logged once. A certificate and key renamed
 //! over one after the other thus switch when the second lands, and open
@@ -12,7 +12,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -20,9 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tracing::{info, warn};
-
-/// How often the certificate files are looked at.
-pub const POLL: Duration = Duration::from_millis(250);
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,21 +43,24 @@ pub struct TlsFiles {
 pub struct TlsConfig {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
-    /// The files as they were just before the configuration in force was
-    /// read: a change after that is seen by the watch.
-    loaded_from: Fingerprint,
+    /// The notAfter of the certificate served now, as a Unix time.
+    not_after: AtomicI64,
 }
 
 impl TlsConfig {
     /// Loads the files, or says why they cannot be served.
     pub fn load(files: TlsFiles) -> Result<Arc<TlsConfig>, String> {
-        let loaded_from = fingerprint(&files);
-        let config = build(&files)?;
+        let (config, not_after) = build(&files)?;
         Ok(Arc::new(TlsConfig {
             files,
             current: ArcSwap::from(config),
-            loaded_from,
+            not_after: AtomicI64::new(not_after),
         }))
+    }
+
+    /// When the certificate served now expires, as a Unix time.
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 
     /// The configuration for the next handshake.
@@ -71,27 +73,37 @@ impl TlsConfig {
         self.files.client_ca.is_some()
     }
 
-    /// Watches the files until `self` is the last reference left, swapping
-    /// in each new configuration that builds.
+    /// Follows the files until `self` is the last reference left, swapping
+    /// in each new configuration that builds. The watch is made before this
+    /// returns, so a change from now on is seen.
     pub fn watch(self: &Arc<Self>) {
+        let paths = [
+            Some(&self.files.cert),
+            Some(&self.files.key),
+            self.files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let mut watch = match crate::watch::Watch::files(paths, Arc::default()) {
+            Ok(watch) => watch,
+            Err(e) => {
+                warn!("cannot watch the TLS files; a new certificate needs a restart: {e}");
+                return;
+            }
+        };
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut seen = weak.upgrade().map(|tls| tls.loaded_from.clone());
-            let mut ticks = tokio::time::interval(POLL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
+                watch.next().await;
                 let Some(tls) = weak.upgrade() else { return };
                 let files = tls.files.clone();
-                let now = fingerprint(&files);
-                if Some(&now) == seen.as_ref() {
-                    continue;
-                }
-                seen = Some(now);
                 // Reading and parsing is file work: off the runtime's threads.
                 match tokio::task::spawn_blocking(move || build(&files)).await {
-                    Ok(Ok(config)) => {
+                    Ok(Ok((config, not_after))) => {
                         tls.current.store(config);
+                        tls.not_after.store(not_after, Ordering::Relaxed);
                         info!(cert = %tls.files.cert.display(), "TLS certificate reloaded: new handshakes use it");
                     }
                     Ok(Err(why)) => warn!("TLS files changed but cannot be used; keeping the ones in force: {why}"),
@@ -102,27 +114,15 @@ impl TlsConfig {
     }
 }
 
-/// What is looked at to notice a change: each file's identity, size and
-/// modification time (following symlinks, as a mounted Secret swaps them).
-type Fingerprint = Vec<Option<(u64, u64, u64, Option<SystemTime>)>>;
-
-fn fingerprint(files: &TlsFiles) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt;
-    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.dev(), m.ino(), m.len(), m.modified().ok()))
-        })
-        .collect()
-}
-
-/// The server configuration the three files make.
-fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+/// The server configuration the three files make, and the notAfter of the
+/// server's certificate.
+fn build(files: &TlsFiles) -> Result<(Arc<ServerConfig>, i64), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&files.cert)?;
+    let not_after = chain
+        .first()
+        .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+        .map_or(0, |(_, cert)| cert.validity().not_after.timestamp());
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("{}: no private key: {e}", files.key.display()))?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -151,7 +151,7 @@ fn build(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
         )
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), not_after))
 }
 
 /// Every certificate in a PEM file; at least one.

@@ -61,7 +61,7 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
             Err(_) => return ExitCode::from(2),
         },
         (None, Some(dir)) => match load_dir(dir) {
-            Ok(tenants) => PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy)| (name, policy))),
+            Ok(tenants) => PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy))),
             Err(_) => return ExitCode::from(2),
         },
         (None, None) => return ExitCode::from(2),

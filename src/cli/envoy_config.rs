@@ -54,7 +54,7 @@ pub(super) fn run(args: &EnvoyConfigArgs) -> ExitCode {
             Err(code) => return code,
         },
         (None, Some(dir), None) => match super::validate::load_dir(dir) {
-            Ok(tenants) if !tenants.is_empty() => tenants.into_iter().map(|(name, _, p)| (name, p)).collect(),
+            Ok(tenants) if !tenants.is_empty() => tenants.into_iter().map(|(name, _, p, _)| (name, p)).collect(),
             Ok(_) => {
                 eprintln!("{}: no tenant policy (NAME.toml) in it", dir.display());
                 return ExitCode::from(2);
@@ -99,9 +99,9 @@ pub(super) fn run(args: &EnvoyConfigArgs) -> ExitCode {
 /// The policy of `tenant` in `dir`, every file of which must be valid.
 fn tenant_policy(dir: &std::path::Path, tenant: &str) -> Result<Policy, ExitCode> {
     let tenants = super::validate::load_dir(dir)?;
-    let names: Vec<String> = tenants.iter().map(|(name, _, _)| name.clone()).collect();
-    match tenants.into_iter().find(|(name, _, _)| name == tenant) {
-        Some((_, _, policy)) => Ok(policy),
+    let names: Vec<String> = tenants.iter().map(|(name, _, _, _)| name.clone()).collect();
+    match tenants.into_iter().find(|(name, _, _, _)| name == tenant) {
+        Some((_, _, policy, _)) => Ok(policy),
         None => {
             eprintln!(
                 "{}: no tenant `{tenant}` (tenants: {})",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::core::{Compiled, Policy};
 use crate::policy_file::{self, Outcome};
+use crate::watch::Fingerprint;
 
 /// Flags of `corsd validate`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +19,7 @@ pub(super) fn run(args: &ValidateArgs) -> ExitCode {
     if file.is_dir() {
         return match load_dir(file) {
             Ok(tenants) => {
-                let entries: usize = tenants.iter().map(|(_, _, p)| p.entries().len()).sum();
+                let entries: usize = tenants.iter().map(|(_, _, p, _)| p.entries().len()).sum();
                 println!(
                     "{}: {} valid tenant polic{}, {entries} entr{}",
                     file.display(),
@@ -74,7 +75,7 @@ pub(super) fn load(path: &Path) -> Result<Compiled, ExitCode> {
 /// Loads every tenant file of a policy directory, reporting every error of
 /// every file as `corsd validate` does; on failure the exit code (1 if any
 /// file is invalid, 2 if the directory or a file cannot be read).
-pub(super) fn load_dir(dir: &Path) -> Result<Vec<(String, PathBuf, Policy)>, ExitCode> {
+pub(super) fn load_dir(dir: &Path) -> Result<Vec<(String, PathBuf, Policy, Fingerprint)>, ExitCode> {
     let (files, outcomes) = match policy_file::load_dir(dir) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -86,14 +87,14 @@ pub(super) fn load_dir(dir: &Path) -> Result<Vec<(String, PathBuf, Policy)>, Exi
         eprintln!("{}", policy_file::misnamed_message(dir, name));
     }
     let (mut errors, mut unreadable, mut tenants) = (0, false, Vec::new());
-    for ((name, path), outcome) in files.tenants.into_iter().zip(outcomes) {
+    for ((name, path), (outcome, print)) in files.tenants.into_iter().zip(outcomes) {
         let shown = path.display().to_string();
         let report = outcome.report(&shown).to_string();
         if !report.is_empty() {
             eprintln!("{report}");
         }
         match outcome {
-            Outcome::Valid(compiled) => tenants.push((name, path, compiled.policy)),
+            Outcome::Valid(compiled) => tenants.push((name, path, compiled.policy, print)),
             Outcome::Invalid(error) => errors += error.error_count(),
             Outcome::Unreadable(_) => unreadable = true,
         }

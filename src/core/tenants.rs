@@ -114,7 +114,7 @@ impl<T: AsRef<Policy>> TenantSet<T> {
         };
         for (name, tenant) in tenants {
             if set.index.names.contains_key(&name) {
-                set = set.with(&name, Some(tenant));
+                set.set(&name, Some(tenant));
             } else {
                 set.insert(name, tenant);
             }
@@ -126,43 +126,59 @@ impl<T: AsRef<Policy>> TenantSet<T> {
     /// (`None`). The other tenants' policies are shared, not copied.
     pub fn with(&self, name: &str, tenant: Option<Arc<T>>) -> Self {
         let mut set = self.clone();
-        let Some((name, &slot)) = self.index.names.get_key_value(name) else {
+        set.set(name, tenant);
+        set
+    }
+
+    /// The same set with every change of `changes` made: one copy of the
+    /// index and of the changed paths of the tree, however many tenants
+    /// change (a directory's batch).
+    pub fn with_all(&self, changes: impl IntoIterator<Item = (Arc<str>, Option<Arc<T>>)>) -> Self {
+        let mut set = self.clone();
+        for (name, tenant) in changes {
+            set.set(&name, tenant);
+        }
+        set
+    }
+
+    /// Replaces, adds (`Some`) or removes (`None`) `name`'s tenant in place.
+    fn set(&mut self, name: &str, tenant: Option<Arc<T>>) {
+        let Some((name, slot)) = self.index.names.get_key_value(name).map(|(n, &s)| (Arc::clone(n), s)) else {
             if let Some(new) = tenant {
-                set.insert(Arc::from(name), new);
+                self.insert(Arc::from(name), new);
             }
-            return set;
+            return;
         };
         let Some(old) = self.tenant_in(slot).map(|(_, old)| Arc::clone(old)) else {
-            return set;
+            return;
         };
         match tenant {
             Some(new) => {
                 if !(*old).as_ref().scope_hosts().eq((*new).as_ref().scope_hosts()) {
-                    let index = Arc::make_mut(&mut set.index);
+                    let index = Arc::make_mut(&mut self.index);
                     let old_hosts = hosts(&old);
                     index.unlist(&old_hosts, slot);
                     index.list(&hosts(&new), slot);
                     index.resolve_sole(&old_hosts, slot, &self.slots);
                 }
-                if name.is_empty() && set.default.is_some() {
-                    set.default = Some(Arc::clone(&new));
+                if name.is_empty() && self.default.is_some() {
+                    self.default = Some(Arc::clone(&new));
                 }
-                set.put(slot, Some((Arc::clone(name), new)));
+                self.put(slot, Some((name, new)));
             }
             None => {
-                let index = Arc::make_mut(&mut set.index);
-                index.names.remove(name);
+                let index = Arc::make_mut(&mut self.index);
+                index.names.remove(&name);
                 let old_hosts = hosts(&old);
                 index.unlist(&old_hosts, slot);
                 index.resolve_sole(&old_hosts, slot, &self.slots);
                 index.free.push(slot);
                 if name.is_empty() {
-                    set.default = None;
+                    self.default = None;
                 }
-                set.put(slot, None);
+                self.put(slot, None);
             }
         }
-        set
     }
 
     fn insert(&mut self, name: Arc<str>, tenant: Arc<T>) {

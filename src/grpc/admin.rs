@@ -4,9 +4,11 @@
 //!   the client's certificate equals one of the names (DNS names compared
 //!   without regard to ASCII case). The subject's CN never counts.
 //! - `--admin-token-file FILE`: the client sends `authorization: Bearer
-//!   TOKEN` with the file's token. The file is read at each admin call, so a
-//!   rotated token is in force at once; the comparison takes the same time
-//!   wherever the tokens differ.
+//!   TOKEN` (the scheme in any case, RFC 7235) with the file's token. The
+//!   token is held in memory and swapped when [`crate::watch`] sees the file
+//!   change, so no call reads the disk. The SHA-256 digests of the two tokens
+//!   are compared in constant time: the time says neither where they differ
+//!   nor how long the token is.
 //!
 //! With both, either one admits. Decisions and health stay open to every
 //! client that passed the transport.
@@ -14,6 +16,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -23,8 +27,68 @@ use crate::listen::ConnectionInfo;
 /// Who may make admin calls.
 #[derive(Debug, Clone, Default)]
 pub struct AdminGate {
-    token_file: Option<PathBuf>,
+    token: Option<Arc<Token>>,
     sans: Arc<[String]>,
+}
+
+/// The admin token as its file holds it now: its digest, or `None` when the
+/// file cannot be read or holds no token (then no token admits).
+#[derive(Debug)]
+struct Token {
+    file: PathBuf,
+    digest: ArcSwapOption<[u8; 32]>,
+}
+
+impl Token {
+    /// Reads `file` now and, within a tokio runtime, follows it.
+    fn follow(file: PathBuf) -> Arc<Token> {
+        let token = Arc::new(Token {
+            digest: ArcSwapOption::from(read_token(&file).map(Arc::new)),
+            file,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            match crate::watch::Watch::files(vec![token.file.clone()], Arc::default()) {
+                Ok(mut watch) => {
+                    let weak = Arc::downgrade(&token);
+                    tokio::spawn(async move {
+                        loop {
+                            watch.next().await;
+                            let Some(token) = weak.upgrade() else { return };
+                            let file = token.file.clone();
+                            let digest = tokio::task::spawn_blocking(move || read_token(&file))
+                                .await
+                                .ok()
+                                .flatten();
+                            if digest.is_none() {
+                                tracing::warn!(file = %token.file.display(), "the admin token file cannot be read or is empty; admin calls by token are refused");
+                            } else {
+                                tracing::info!(file = %token.file.display(), "admin token reloaded");
+                            }
+                            token.digest.store(digest.map(Arc::new));
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(file = %token.file.display(), "cannot watch the admin token file: {e}"),
+            }
+        }
+        token
+    }
+}
+
+/// The digest of the token in `file` (surrounding whitespace ignored);
+/// `None` when it cannot be read or is empty.
+fn read_token(file: &std::path::Path) -> Option<[u8; 32]> {
+    let (bytes, _) = crate::watch::read_stable(file).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into())
+}
+
+/// The token of an `authorization: Bearer TOKEN` value, the scheme matched
+/// without regard to case.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl AdminGate {
@@ -36,7 +100,7 @@ impl AdminGate {
     /// Admin calls for clients presenting the token in `file`.
     pub fn token_file(file: PathBuf) -> Self {
         AdminGate {
-            token_file: Some(file),
+            token: Some(Token::follow(file)),
             ..AdminGate::default()
         }
     }
@@ -45,14 +109,14 @@ impl AdminGate {
     /// when `token_file` is given, for clients presenting its token).
     pub fn new(token_file: Option<PathBuf>, sans: Vec<String>) -> Self {
         AdminGate {
-            token_file,
+            token: token_file.map(Token::follow),
             sans: sans.into(),
         }
     }
 
     /// Whether admin calls are open to every client.
     pub fn is_open(&self) -> bool {
-        self.token_file.is_none() && self.sans.is_empty()
+        self.token.is_none() && self.sans.is_empty()
     }
 
     /// Admits the call or answers `PERMISSION_DENIED`. A token file that
@@ -61,7 +125,7 @@ impl AdminGate {
         if self.is_open() || self.san_admits(request) {
             return Ok(());
         }
-        let Some(file) = &self.token_file else {
+        let Some(token) = &self.token else {
             return Err(Status::permission_denied(
                 "admin calls need a client certificate with an admin SAN (--admin-san)",
             ));
@@ -73,23 +137,19 @@ impl AdminGate {
                 "admin calls need a client certificate with an admin SAN, or `authorization: Bearer TOKEN` with the admin token"
             })
         };
-        let Ok(token) = tokio::fs::read_to_string(file).await else {
+        let Some(expected) = token.digest.load_full() else {
             return Err(Status::permission_denied(
-                "the admin token file cannot be read; admin calls are refused",
+                "the admin token file cannot be read or is empty; admin calls are refused",
             ));
         };
-        let expected = token.trim();
-        if expected.is_empty() {
-            return Err(denied());
-        }
         let given = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer)
             .unwrap_or_default();
-        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        if bool::from(given.ct_eq(&*expected)) {
             Ok(())
         } else {
             Err(denied())
@@ -120,5 +180,19 @@ impl AdminGate {
             GeneralName::URI(uri) => self.sans.iter().any(|san| san == uri),
             _ => false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_in_any_case() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 }

@@ -48,7 +48,7 @@ fn answer(request: &Request<Incoming>, metrics: &Metrics, ready: &AtomicBool) ->
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match request.uri().path() {
-        "/metrics" => match metrics.encode() {
+        "/metrics" => match metrics.encode(ready.load(Ordering::Relaxed)) {
             Ok(body) => Response::builder()
                 .header(header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(Full::new(Bytes::from(body)))

@@ -17,7 +17,8 @@ use prometheus::{
 
 use super::Api;
 use crate::core::Reason;
-use crate::store::{DecisionCounts, PolicyStore, ReloadResult};
+use crate::store::{BATCH_BUCKETS, BatchResult, DecisionCounts, PolicyStore, ReloadResult};
+use crate::tls::TlsConfig;
 
 /// Upper bounds of the duration buckets, in seconds: 1 us to 10 ms.
 const BUCKETS: [f64; 13] = [
@@ -65,6 +66,12 @@ pub struct Metrics {
     stale: IntGauge,
     last_reload: prometheus::Gauge,
     reloads: [IntCounter; 4],
+    batches: [IntCounter; 3],
+    rescans: IntCounter,
+    restarts: IntCounter,
+    ready: IntGauge,
+    /// The serving certificate's notAfter, with TLS.
+    certificate: Option<(Arc<TlsConfig>, prometheus::Gauge)>,
     /// With `--metrics-per-tenant`: the family the tenants' counts are copied into.
     per_tenant: Option<IntCounterVec>,
     /// One scrape at a time copies counts, so two cannot both add the same
@@ -116,6 +123,23 @@ impl Metrics {
             &["result"],
         )?;
         let reloads = ReloadResult::ALL.map(|result| reloads_vec.with_label_values(&[result.as_str()]));
+        let batches_vec = IntCounterVec::new(
+            Opts::new(
+                "corsd_policy_reload_batches_total",
+                "Settled changes of a policy directory, each applied with one swap, by result",
+            ),
+            &["result"],
+        )?;
+        let batches = BatchResult::ALL.map(|result| batches_vec.with_label_values(&[result.as_str()]));
+        let rescans = IntCounter::new(
+            "corsd_policy_watch_rescans_total",
+            "Full rescans of a policy directory (an event queue overflow, a replaced directory, the periodic sweep)",
+        )?;
+        let restarts = IntCounter::new(
+            "corsd_policy_watch_restarts_total",
+            "Reloaders that ended or panicked and were started again",
+        )?;
+        let ready = IntGauge::new("corsd_ready", "1 while gRPC health is SERVING, else 0")?;
         let tenants = IntGauge::new("corsd_tenants", "Tenants with a policy in force")?;
         let entries = IntGauge::new("corsd_policy_entries", "Allowlist entries in force, all tenants")?;
         let stale = IntGauge::new(
@@ -136,6 +160,10 @@ impl Metrics {
         registry.register(Box::new(decisions_vec))?;
         registry.register(Box::new(durations_vec))?;
         registry.register(Box::new(reloads_vec))?;
+        registry.register(Box::new(batches_vec))?;
+        registry.register(Box::new(rescans.clone()))?;
+        registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(stale.clone()))?;
@@ -151,9 +179,26 @@ impl Metrics {
             stale,
             last_reload,
             reloads,
+            batches,
+            rescans,
+            restarts,
+            ready,
+            certificate: None,
             per_tenant,
             scraping: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Also serves `corsd_tls_certificate_not_after_timestamp_seconds`, the
+    /// notAfter of the certificate `tls` serves now.
+    pub fn with_tls(mut self, tls: Arc<TlsConfig>) -> Result<Self, MetricsError> {
+        let gauge = prometheus::Gauge::new(
+            "corsd_tls_certificate_not_after_timestamp_seconds",
+            "When the serving TLS certificate expires (its notAfter), as a Unix time",
+        )?;
+        self.registry.register(Box::new(gauge.clone()))?;
+        self.certificate = Some((tls, gauge));
+        Ok(self)
     }
 
     /// The handles the decision path counts with.
@@ -162,8 +207,12 @@ impl Metrics {
     }
 
     /// The exposition in Prometheus' text format, with the policies' gauges
-    /// read from the store now.
-    pub fn encode(&self) -> Result<String, MetricsError> {
+    /// read from the store now; `ready` is whether health is SERVING.
+    pub fn encode(&self, ready: bool) -> Result<String, MetricsError> {
+        self.ready.set(i64::from(ready));
+        if let Some((tls, gauge)) = &self.certificate {
+            gauge.set(tls.not_after_unix() as f64);
+        }
         let mut exported = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenants = self.store.tenants_full();
         let sorted = tenants.sorted();
@@ -222,10 +271,48 @@ impl Metrics {
             let behind = self.store.reload_count(result).saturating_sub(counter.get());
             counter.inc_by(behind);
         }
+        let stats = self.store.reload_stats();
+        for (counter, result) in self.batches.iter().zip(BatchResult::ALL) {
+            counter.inc_by(stats.batches(result).saturating_sub(counter.get()));
+        }
+        self.rescans.inc_by(stats.rescans().saturating_sub(self.rescans.get()));
+        self.restarts
+            .inc_by(stats.restarts().saturating_sub(self.restarts.get()));
+        let mut families = self.registry.gather();
+        families.push(batch_seconds(&self.store));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut text = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        prometheus::TextEncoder::new().encode(&families, &mut text)?;
         String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
+}
+
+/// `corsd_policy_reload_batch_seconds`, from the reloaders' bucket counts.
+fn batch_seconds(store: &PolicyStore) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Bucket, Histogram as Proto, Metric, MetricFamily, MetricType};
+    let (counts, sum) = store.reload_stats().batch_times();
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(BATCH_BUCKETS.len());
+    for (&le, &count) in BATCH_BUCKETS.iter().zip(&counts) {
+        cumulative += count;
+        let mut bucket = Bucket::default();
+        bucket.set_upper_bound(le);
+        bucket.set_cumulative_count(cumulative);
+        buckets.push(bucket);
+    }
+    let total: u64 = counts.iter().sum();
+    let mut histogram = Proto::default();
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(total);
+    histogram.set_sample_sum(sum);
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name("corsd_policy_reload_batch_seconds".to_owned());
+    family.set_help("Time from a policy directory change's first event to its swap".to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(vec![metric]);
+    family
 }
 
 /// The Content-Type of [`Metrics::encode`]'s text.
