@@ -321,6 +321,9 @@ struct Survey {
     found: Vec<Found>,
     misnamed: Vec<String>,
     rescanned: bool,
+    /// Tenant files looked at (their metadata), and of those, read.
+    looked_at: usize,
+    read: usize,
 }
 
 /// Reads one settled change of the directory and puts it in force with one
@@ -355,6 +358,14 @@ async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> Dir
     if survey.rescanned {
         store.reload_stats().count_rescan();
     }
+    debug!(
+        dir = %state.dir.display(),
+        rescan = survey.rescanned,
+        looked_at = survey.looked_at,
+        read = survey.read,
+        changed = compiled.len(),
+        "policy directory batch surveyed"
+    );
     apply(&mut state, survey, compiled, store, since).await;
     state
 }
@@ -460,9 +471,11 @@ fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> i
     for name in names {
         let path = dir.join(format!("{name}.toml"));
         let print = Fingerprint::of(&path);
+        survey.looked_at += 1;
         if !change.forced && state.seen.get(&name).and_then(Option::as_ref) == Some(&print) {
             continue;
         }
+        survey.read += 1;
         match watch::read_file(&path) {
             Ok((bytes, print)) => {
                 let same = tenants

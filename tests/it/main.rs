@@ -21,6 +21,7 @@ mod fuzz_regressions;
 mod interop;
 mod invalid_policies;
 mod kubernetes;
+mod layouts;
 mod load_smoke;
 mod metrics;
 mod native;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corsd::core::{Policy, Request, TenantDecision, decide_for};
-use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, ListTenantsRequest, PolicyInfo};
+use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, PolicyInfo};
 use corsd::store::PolicyStore;
 use tonic::Code;
 
@@ -221,25 +221,7 @@ fn validate_reports_every_file_of_a_directory() {
 }
 
 async fn tenants(server: &TestServer) -> Vec<PolicyInfo> {
-    let mut client = server.client().await;
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_tenants(ListTenantsRequest {
-                page_size: 2,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.tenants);
-        if page.next_page_token.is_empty() {
-            assert_eq!(all.len(), page.total_size as usize);
-            return all;
-        }
-        token = page.next_page_token;
-    }
+    crate::common::serve::all_tenants(&mut server.client().await, 2).await
 }
 
 async fn wait_tenants(server: &TestServer, what: &str, done: impl Fn(&[PolicyInfo]) -> bool) -> Vec<PolicyInfo> {

@@ -15,14 +15,29 @@ impl Corsd {
     /// Starts `corsd serve --policy POLICY --listen 127.0.0.1:PORT ARGS` and
     /// waits until the port accepts connections.
     pub fn start(policy: &Path, args: &[&str], log_dir: &Path) -> Corsd {
+        Corsd::start_with("--policy", policy, args, log_dir, "info")
+    }
+
+    /// `corsd serve --policy-dir DIR ...`, as [`Corsd::start`].
+    pub fn start_dir(dir: &Path, args: &[&str], log_dir: &Path) -> Corsd {
+        Corsd::start_with("--policy-dir", dir, args, log_dir, "info")
+    }
+
+    /// [`Corsd::start_dir`], its log filtered by `rust_log` (`RUST_LOG`).
+    pub fn start_dir_logging(dir: &Path, args: &[&str], log_dir: &Path, rust_log: &str) -> Corsd {
+        Corsd::start_with("--policy-dir", dir, args, log_dir, rust_log)
+    }
+
+    fn start_with(flag: &str, policy: &Path, args: &[&str], log_dir: &Path, rust_log: &str) -> Corsd {
         let port = super::envoy::free_port();
         let log = log_dir.join(format!("corsd-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_corsd"))
             .arg("serve")
-            .arg("--policy")
+            .arg(flag)
             .arg(policy)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--drain-delay", "0"])
             .args(args)
+            .env("RUST_LOG", rust_log)
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(Stdio::null())
             .spawn()
@@ -38,6 +53,11 @@ impl Corsd {
             std::thread::sleep(Duration::from_millis(20));
         }
         corsd
+    }
+
+    /// A client channel to its gRPC port.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        super::channel_when_up(format!("127.0.0.1:{}", self.port)).await
     }
 
     /// What corsd has logged so far.

@@ -133,3 +133,24 @@ pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::S
     ));
     super::channel_when_up(addr).await
 }
+
+/// Every tenant's info, `page_size` a page, checked against the total.
+pub async fn all_tenants(client: &mut CorsPolicyClient<Channel>, page_size: u32) -> Vec<corsd::grpc::pb::PolicyInfo> {
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_tenants(corsd::grpc::pb::ListTenantsRequest {
+                page_size,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.tenants);
+        if page.next_page_token.is_empty() {
+            assert_eq!(all.len(), page.total_size as usize);
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
