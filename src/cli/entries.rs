@@ -120,11 +120,28 @@ struct Refused(String);
 /// Locks, reads, edits with `change`, validates, then prints or writes.
 fn edit(file: &Path, dry_run: bool, change: impl FnOnce(&str, &Policy) -> Result<String, Refused>) -> ExitCode {
     let shown = file.display().to_string();
-    let _lock = match lock_beside(file) {
-        Ok(lock) => lock,
-        Err(e) => {
-            eprintln!("{shown}: cannot lock the policy file for editing: {e}");
+    // The file the path leads to: the lock, the temporary file and the
+    // rename go beside it, so every symlink on the way stays a link (a
+    // ConfigMap's `..data`, `/etc/corsd/policy.toml -> /srv/...`), and two
+    // paths to one file take one lock.
+    let real = match resolve(file) {
+        Ok(real) => real,
+        Err(why) => {
+            eprintln!("{shown}: {why}; nothing was written");
             return ExitCode::from(2);
+        }
+    };
+    let file = real.as_path();
+    // A dry run writes nothing, so it takes no lock (and creates no lock file).
+    let _lock = if dry_run {
+        None
+    } else {
+        match lock_beside(file) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("{shown}: cannot lock the policy file for editing: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
     let bytes = match std::fs::read(file) {
@@ -226,6 +243,15 @@ fn remove(text: &str, policy: &Policy, origin: &str) -> Result<String, Refused> 
 fn parse(text: &str) -> Result<DocumentMut, Refused> {
     text.parse::<DocumentMut>()
         .map_err(|e| Refused(format!("cannot edit the file: {e}")))
+}
+
+/// The regular file `file` leads to, every symlink followed; why not, when
+/// it leads nowhere or to something else.
+fn resolve(file: &Path) -> Result<PathBuf, String> {
+    if let Some(what) = crate::watch::not_a_file(file) {
+        return Err(format!("not a policy file: it is {what}"));
+    }
+    std::fs::canonicalize(file).map_err(|e| policy_file::unreadable_message(&e))
 }
 
 /// An exclusive lock on `FILE.lock` beside the file, held until dropped.

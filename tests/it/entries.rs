@@ -285,3 +285,77 @@ fn an_edit_killed_at_any_point_leaves_a_whole_file() {
         );
     }
 }
+
+/// An edit through symlinks (a ConfigMap-like `..data` layout, a link to a
+/// file elsewhere) edits the real file: every link stays a link, the lock
+/// and the temporary file are beside the real file, and two paths to one
+/// file take one lock. A dangling link is exit 2, nothing created.
+#[test]
+fn edits_through_symlinks_change_the_real_file() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..2026_12_02")).unwrap();
+    common::write_file(&d.join("..2026_12_02"), "policy.toml", &golden("policy.toml"));
+    symlink("..2026_12_02", d.join("..data")).unwrap();
+    symlink("..data/policy.toml", d.join("policy.toml")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(d.join("policy.toml"), elsewhere.path().join("corsd.toml")).unwrap();
+
+    let via_link = d.join("policy.toml");
+    let out = corsd(&["entries", "add", via_link.to_str().unwrap(), "https://one.example"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let via_other = elsewhere.path().join("corsd.toml");
+    let out = corsd(&["entries", "add", via_other.to_str().unwrap(), "https://two.example"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for link in [d.join("policy.toml"), d.join("..data"), via_other.clone()] {
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+            "{} is no longer a link",
+            link.display()
+        );
+    }
+    let real = std::fs::read_to_string(d.join("..2026_12_02/policy.toml")).unwrap();
+    assert!(
+        real.contains("https://one.example") && real.contains("https://two.example"),
+        "{real}"
+    );
+    // One lock, beside the real file, whichever path was edited.
+    assert!(d.join("..2026_12_02/policy.toml.lock").exists());
+    assert!(!d.join("policy.toml.lock").exists());
+    assert!(!elsewhere.path().join("corsd.toml.lock").exists());
+    let strays: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("corsd-edit"))
+        .collect();
+    assert!(strays.is_empty(), "{strays:?}");
+
+    // A dangling link: exit 2, says so, creates nothing.
+    symlink("..data/gone.toml", d.join("gone.toml")).unwrap();
+    let out = corsd(&[
+        "entries",
+        "add",
+        d.join("gone.toml").to_str().unwrap(),
+        "https://x.example",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a dangling symlink"));
+    assert!(!d.join("..2026_12_02/gone.toml").exists());
+    assert!(!d.join("gone.toml.lock").exists() && !d.join("..2026_12_02/gone.toml.lock").exists());
+}
+
+/// A dry run writes nothing: not even a lock file.
+#[test]
+fn a_dry_run_creates_no_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_of_policy(dir.path());
+    let out = corsd(&["entries", "add", &file, "https://dry.example", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["policy.toml"]);
+}
