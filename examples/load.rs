@@ -238,7 +238,12 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e} (cargo build --profile dist first)", binary.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (cargo build --profile dist first)",
+                    binary.display()
+                )
+            });
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().unwrap();

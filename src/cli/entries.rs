@@ -24,6 +24,7 @@ use crate::policy_file::{self, Outcome};
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum EntriesCommand {
     /// List the entries in file order.
+    #[command(after_help = "Example:\n  corsd entries list examples/policy.toml --json")]
     List {
         /// The policy file.
         file: PathBuf,
@@ -32,6 +33,9 @@ pub(super) enum EntriesCommand {
         json: bool,
     },
     /// Add an origin, checked as `corsd validate` checks it.
+    #[command(
+        after_help = "Example:\n  corsd entries add examples/policy.toml https://app.example.com --note \"web app\""
+    )]
     Add {
         /// The policy file.
         file: PathBuf,
@@ -45,6 +49,7 @@ pub(super) enum EntriesCommand {
         dry_run: bool,
     },
     /// Remove an origin (compared after normalisation).
+    #[command(after_help = "Example:\n  corsd entries remove examples/policy.toml https://app.example.com --dry-run")]
     Remove {
         /// The policy file.
         file: PathBuf,
