@@ -258,7 +258,7 @@ fn spawn_dir_seen(
         .map(|files| files.misnamed.into_iter().collect())
         .unwrap_or_default();
     let what = dir.display().to_string();
-    Ok(supervise(what, Arc::clone(&store), move |now, restarted| {
+    Ok(supervise(what, Arc::clone(&store), move |now, _restarted| {
         let mut state = DirState {
             dir: dir.clone(),
             seen: seen.clone(),
@@ -273,10 +273,13 @@ fn spawn_dir_seen(
                     return;
                 }
             };
-            let first_rescan = restarted || state.seen.values().any(Option::is_none);
-            if first_rescan {
+            // Anything that changed between start-up's reading (or the
+            // last reloader's) and this watch: a rescan by metadata reads
+            // only those files.
+            {
                 let change = Change {
                     rescan: true,
+                    routine: true,
                     since: Some(tokio::time::Instant::now()),
                     ..Change::default()
                 };
@@ -320,6 +323,7 @@ enum Found {
 struct Survey {
     found: Vec<Found>,
     misnamed: Vec<String>,
+    /// A full rescan that is not routine (counted).
     rescanned: bool,
     /// Tenant files looked at (their metadata), and of those, read.
     looked_at: usize,
@@ -330,6 +334,7 @@ struct Survey {
 /// swap. Returns the state for the next batch.
 async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> DirState {
     let since = change.since.map_or_else(Instant::now, tokio::time::Instant::into_std);
+    let change_rescan = change.rescan;
     let tenants = store.tenants_full();
     let kept = state.clone();
     let work = tokio::task::spawn_blocking(move || {
@@ -360,7 +365,7 @@ async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> Dir
     }
     debug!(
         dir = %state.dir.display(),
-        rescan = survey.rescanned,
+        rescan = change_rescan,
         looked_at = survey.looked_at,
         read = survey.read,
         changed = compiled.len(),
@@ -436,7 +441,7 @@ fn settled_found(
 fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> io::Result<Survey> {
     let dir = &state.dir;
     let mut survey = Survey {
-        rescanned: change.rescan,
+        rescanned: change.rescan && !change.routine,
         ..Survey::default()
     };
     let mut names: BTreeSet<String> = BTreeSet::new();
@@ -444,11 +449,14 @@ fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> i
         let files = policy_file::tenant_files(dir)?;
         survey.misnamed = files.misnamed;
         names.extend(files.tenants.into_iter().map(|(name, _)| name));
-        for name in state.seen.keys() {
-            if !names.contains(name) {
-                survey.found.push(Found::Gone(name.clone()));
-            }
-        }
+        let in_force = tenants.sorted();
+        let known = state
+            .seen
+            .keys()
+            .map(String::as_str)
+            .chain(in_force.iter().map(|(n, _)| *n));
+        let gone: BTreeSet<&str> = known.filter(|n| !n.is_empty() && !names.contains(*n)).collect();
+        survey.found.extend(gone.into_iter().map(|n| Found::Gone(n.to_owned())));
     } else {
         for path in &change.paths {
             let Some(file) = watch::name_of(path) else { continue };

@@ -98,6 +98,9 @@ pub struct Change {
     pub rescan: bool,
     /// Read every file, whatever its metadata says (SIGHUP).
     pub forced: bool,
+    /// The rescan is routine (the periodic sweep, or a reloader's first
+    /// look), not a sign that events were missed or the layout moved.
+    pub routine: bool,
     /// When the first event of the change arrived.
     pub since: Option<Instant>,
 }
@@ -111,6 +114,7 @@ impl Change {
         self.paths.extend(other.paths);
         self.rescan |= other.rescan;
         self.forced |= other.forced;
+        self.routine &= other.routine;
         self.since = match (self.since, other.since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -233,7 +237,7 @@ impl Watch {
                     }
                 },
                 _ = self.poll.tick() => self.polled(),
-                _ = self.sweep.tick(), if self.followed_dir().is_some() => Change { rescan: true, ..Change::default() },
+                _ = self.sweep.tick(), if self.followed_dir().is_some() => Change { rescan: true, routine: true, ..Change::default() },
             };
             let mut change = self.overflow_check(first);
             if change.is_empty() {
