@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
@@ -197,7 +196,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = match args.metrics_listen {
         None => None,
-        Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
+        Some(metrics_addr) => match std::net::TcpListener::bind(metrics_addr) {
             Ok(metrics_listener) => {
                 let made = Metrics::new(Arc::clone(&store), args.metrics_per_tenant).and_then(|m| match &tls {
                     Some(tls) => m.with_tls(Arc::clone(tls)),
@@ -214,11 +213,10 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
                     .local_addr()
                     .map_or_else(|_| metrics_addr.to_string(), |a| a.to_string());
                 info!(addr = %shown, "metrics listening: /metrics, /healthz, /readyz");
-                tokio::spawn(observe::http::serve(
-                    metrics_listener,
-                    Arc::clone(&metrics),
-                    Arc::clone(&ready),
-                ));
+                if let Err(e) = observe::http::serve_apart(metrics_listener, Arc::clone(&metrics), Arc::clone(&ready)) {
+                    error!("cannot serve the metrics: {e}");
+                    return ExitCode::from(2);
+                }
                 Some(metrics.decisions())
             }
             Err(e) => {

@@ -481,3 +481,70 @@ async fn per_tenant_metrics_label_the_deciding_tenant() {
     let body = get(served.metrics_port, "/metrics").await.body;
     assert!(body.contains(&format!("{globex} 2")), "{body}");
 }
+
+/// 1,500 clients that open the metrics port and never finish a request
+/// header: at most 64 are kept, the rest closed at once, those kept closed
+/// once the header timeout passes; decisions on the gRPC port flow all the
+/// while, and a scrape works after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_on_the_metrics_port_are_bounded_and_timed_out() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.toml", "[[entries]]\norigin = \"https://a.example\"\n");
+    let metrics_port = free_port();
+    let corsd = common::process::Corsd::start(
+        std::path::Path::new(&policy),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+        dir.path(),
+    );
+    let started = std::time::Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..1500 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+                .await
+                .unwrap(),
+        );
+    }
+    // Decisions flow while the metrics port is flooded.
+    let mut client = CorsPolicyClient::new(corsd.channel().await);
+    for _ in 0..200 {
+        let answer = client
+            .check_origin(common::serve::get_request("https://a.example"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.reason, corsd::grpc::pb::Reason::Allowed as i32);
+    }
+    // The ones over the bound are closed at once...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed = |idle: &[tokio::net::TcpStream]| {
+        idle.iter()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                !matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let early = closed(&idle);
+    assert!(
+        early < 1500,
+        "the kept connections were closed before the header timeout"
+    );
+    assert!(
+        early >= 1500 - corsd::observe::http::MAX_CONNECTIONS,
+        "only {early} of 1,500 idle connections were closed at once"
+    );
+    // ...the others once the header timeout has passed.
+    let limit = corsd::observe::http::HEADER_TIMEOUT + Duration::from_secs(3);
+    while closed(&idle) < 1500 {
+        assert!(
+            started.elapsed() < limit,
+            "idle metrics connections still open after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
+    let scraped = get(metrics_port, "/metrics").await;
+    assert_eq!(scraped.status, 200);
+}
