@@ -15,7 +15,7 @@
 //! Each reloader runs under a supervisor: a reloader that ends or panics is
 //! logged, counted and started again, and its first act is a rescan.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -313,7 +313,7 @@ enum Found {
     Changed(String, PathBuf, Vec<u8>, Fingerprint),
     /// It is there but cannot be read (a dangling link, a FIFO, a
     /// directory, a read error); its tenant keeps its policy.
-    Unreadable(String, PathBuf, String, Fingerprint),
+    Unreadable(String, String, Fingerprint),
     /// Its name is gone from the directory.
     Gone(String),
 }
@@ -328,6 +328,9 @@ struct Survey {
     /// Tenant files looked at (their metadata), and of those, read.
     looked_at: usize,
     read: usize,
+    /// Time spent looking and reading, and compiling.
+    survey_ms: f64,
+    compile_ms: f64,
 }
 
 /// Reads one settled change of the directory and puts it in force with one
@@ -338,10 +341,14 @@ async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> Dir
     let tenants = store.tenants_full();
     let kept = state.clone();
     let work = tokio::task::spawn_blocking(move || {
+        let surveying = Instant::now();
         let survey = survey_stable(&state, &change, &tenants);
         drop(tenants);
-        let survey = survey.map(|s| {
-            let compiled = compile_changed(&s.found);
+        let survey = survey.map(|mut s| {
+            s.survey_ms = surveying.elapsed().as_secs_f64() * 1000.0;
+            let compiling = Instant::now();
+            let compiled = compile_changed(&s.found, &state.dir);
+            s.compile_ms = compiling.elapsed().as_secs_f64() * 1000.0;
             (s, compiled)
         });
         (state, survey)
@@ -380,14 +387,22 @@ fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot
     let mut tries = 0;
     loop {
         let before = Layout::of(&state.dir);
+        let read_at = std::time::SystemTime::now();
         let mut survey = survey(state, change, tenants)?;
-        let changed = survey.found.iter().any(|f| matches!(f, Found::Changed(..)));
+        // A changed file that no writer touched for a while was read whole;
+        // one changed just now must read the same again.
+        let unsettled =
+            |f: &Found| matches!(f, Found::Changed(_, _, _, print) if !watch::settled_before(print, read_at));
+        let changing = survey.found.iter().any(unsettled);
         let gone = survey.found.iter().any(|f| matches!(f, Found::Gone(_)));
-        if changed || gone {
-            // One pause for the whole batch; then each changed file must
-            // read the same again (or have been renamed in since).
+        if changing || gone {
+            // One pause for the whole batch; then each such file must read
+            // the same again (or have been renamed in since).
             std::thread::sleep(watch::SETTLE);
             for slot in &mut survey.found {
+                if !unsettled(slot) {
+                    continue;
+                }
                 if let Found::Changed(name, path, bytes, print) = &*slot {
                     let settled = match watch::agrees(path, bytes, print) {
                         Ok(Some(read)) => Ok(read),
@@ -398,8 +413,9 @@ fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot
                 }
             }
             // A name that came back meanwhile is left to the next batch.
+            let revision = configmap_revision(&state.dir);
             survey.found.retain(|f| match f {
-                Found::Gone(name) => std::fs::symlink_metadata(state.dir.join(format!("{name}.toml"))).is_err(),
+                Found::Gone(name) => present(&state.dir, revision.as_deref(), name).is_none(),
                 _ => true,
             });
         }
@@ -408,7 +424,11 @@ fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot
         if before.same_revision(&after) || tries > MAX_REVISION_RETRIES {
             return Ok(survey);
         }
+        // A new revision came in while this one was read: once its writer
+        // is done (links of new keys added, of removed keys removed), read
+        // it whole.
         debug!(dir = %state.dir.display(), "the directory changed revision while it was read; reading again");
+        Layout::settled(&state.dir);
     }
 }
 
@@ -431,7 +451,7 @@ fn settled_found(
                 Found::Changed(name.to_owned(), path.to_path_buf(), bytes, print)
             }
         }
-        Err(e) => Found::Unreadable(name.to_owned(), path.to_path_buf(), e.to_string(), print.clone()),
+        Err(e) => Found::Unreadable(name.to_owned(), e.to_string(), print.clone()),
     }
 }
 
@@ -444,20 +464,21 @@ fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> i
         rescanned: change.rescan && !change.routine,
         ..Survey::default()
     };
-    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     if change.rescan {
-        let files = policy_file::tenant_files(dir)?;
-        survey.misnamed = files.misnamed;
-        names.extend(files.tenants.into_iter().map(|(name, _)| name));
+        let (listed, misnamed) = listing(dir)?;
+        survey.misnamed = misnamed;
+        names = listed;
         let in_force = tenants.sorted();
         let known = state
             .seen
             .keys()
             .map(String::as_str)
             .chain(in_force.iter().map(|(n, _)| *n));
-        let gone: BTreeSet<&str> = known.filter(|n| !n.is_empty() && !names.contains(*n)).collect();
+        let gone: BTreeSet<&str> = known.filter(|n| !n.is_empty() && !names.contains_key(*n)).collect();
         survey.found.extend(gone.into_iter().map(|n| Found::Gone(n.to_owned())));
     } else {
+        let revision = configmap_revision(dir);
         for path in &change.paths {
             let Some(file) = watch::name_of(path) else { continue };
             let Some(stem) = file.strip_suffix(".toml") else {
@@ -467,46 +488,116 @@ fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> i
                 survey.misnamed.push(file);
                 continue;
             }
-            if std::fs::symlink_metadata(path).is_err() {
-                if state.seen.contains_key(stem) || tenants.get(stem).is_some() {
+            match present(dir, revision.as_deref(), stem) {
+                Some(read_from) => {
+                    names.insert(stem.to_owned(), read_from);
+                }
+                None if state.seen.contains_key(stem) || tenants.get(stem).is_some() => {
                     survey.found.push(Found::Gone(stem.to_owned()));
                 }
-                continue;
+                None => {}
             }
-            names.insert(stem.to_owned());
         }
     }
-    for name in names {
-        let path = dir.join(format!("{name}.toml"));
-        let print = Fingerprint::of(&path);
-        survey.looked_at += 1;
-        if !change.forced && state.seen.get(&name).and_then(Option::as_ref) == Some(&print) {
-            continue;
-        }
+    // Looked at (and read, where the metadata moved) on every core: a
+    // ConfigMap swap changes every file's identity.
+    let names: Vec<(String, PathBuf)> = names.into_iter().collect();
+    survey.looked_at = names.len();
+    let looked = policy_file::in_parallel(&names, |(name, path)| {
+        look_at(name, path, state, change.forced, tenants)
+    });
+    for found in looked.into_iter().flatten() {
         survey.read += 1;
-        match watch::read_file(&path) {
-            Ok((bytes, print)) => {
-                let same = tenants
-                    .get(&name)
-                    .is_some_and(|s| s.policy.version() == Policy::version_of(&bytes));
-                survey.found.push(if same {
-                    Found::Same(name, print)
-                } else {
-                    Found::Changed(name, path, bytes, print)
-                });
-            }
-            Err(e) => survey.found.push(Found::Unreadable(name, path, e.to_string(), print)),
-        }
+        survey.found.push(found);
     }
     Ok(survey)
 }
 
+/// One tenant file: `None` when its metadata says it is as last read.
+fn look_at(name: &str, path: &Path, state: &DirState, forced: bool, tenants: &TenantSet<Snapshot>) -> Option<Found> {
+    let path = path.to_path_buf();
+    let print = Fingerprint::of(&path);
+    if !forced && state.seen.get(name).and_then(Option::as_ref) == Some(&print) {
+        return None;
+    }
+    let name = name.to_owned();
+    Some(match watch::read_file(&path) {
+        Ok((bytes, print)) => {
+            let same = tenants
+                .get(&name)
+                .is_some_and(|s| s.policy.version() == Policy::version_of(&bytes));
+            if same {
+                Found::Same(name, print)
+            } else {
+                Found::Changed(name, path, bytes, print)
+            }
+        }
+        Err(e) => Found::Unreadable(name, e.to_string(), print),
+    })
+}
+
+/// A Kubernetes volume's (ConfigMap, Secret, projected) current revision:
+/// the directory `DIR/..data` leads to, when there is one.
+///
+/// The volume swaps `..data` in one rename, then adds the links of new keys
+/// and removes those of removed keys, which takes a while for many keys. A
+/// key's presence is read from the revision itself, so a batch sees the new
+/// keys and not the removed ones at once, whatever state the links are in.
+fn configmap_revision(dir: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(dir.join("..data")).ok()?;
+    let revision = dir.join(target);
+    revision.is_dir().then_some(revision)
+}
+
+/// Whether `path` is a volume's link into its revision (`..data/NAME`).
+fn is_revision_link(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|target| target.starts_with("..data"))
+}
+
+/// The directory's tenant files and where to read each; with a volume's
+/// revision, its keys are read from the revision itself.
+fn listing(dir: &Path) -> io::Result<(BTreeMap<String, PathBuf>, Vec<String>)> {
+    let files = policy_file::tenant_files(dir)?;
+    let Some(revision) = configmap_revision(dir) else {
+        return Ok((files.tenants.into_iter().collect(), files.misnamed));
+    };
+    let mut listed: BTreeMap<String, PathBuf> = files
+        .tenants
+        .into_iter()
+        .filter(|(_, path)| !is_revision_link(path))
+        .collect();
+    for (name, path) in policy_file::tenant_files(&revision)?.tenants {
+        listed.entry(name).or_insert(path);
+    }
+    Ok((listed, files.misnamed))
+}
+
+/// Tenant `name`'s file as the directory shows it.
+fn shown(dir: &Path, name: &str) -> String {
+    dir.join(format!("{name}.toml")).display().to_string()
+}
+
+/// Where tenant `name`'s file is read from, or `None` when it is gone.
+fn present(dir: &Path, revision: Option<&Path>, name: &str) -> Option<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    let exists = std::fs::symlink_metadata(&path).is_ok();
+    match revision {
+        Some(revision) if !exists || is_revision_link(&path) => {
+            let key = revision.join(format!("{name}.toml"));
+            std::fs::symlink_metadata(&key).is_ok().then_some(key)
+        }
+        _ => exists.then_some(path),
+    }
+}
+
 /// Compiles the changed files of a survey, in parallel, in its order.
-fn compile_changed(found: &[Found]) -> Vec<Outcome> {
+/// Files are named as the directory shows them (`DIR/NAME.toml`), wherever
+/// they were read from.
+fn compile_changed(found: &[Found], dir: &Path) -> Vec<Outcome> {
     let changed: Vec<(String, &[u8])> = found
         .iter()
         .filter_map(|f| match f {
-            Found::Changed(_, path, bytes, _) => Some((path.display().to_string(), bytes.as_slice())),
+            Found::Changed(name, _, bytes, _) => Some((shown(dir, name), bytes.as_slice())),
             _ => None,
         })
         .collect();
@@ -521,6 +612,7 @@ async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, sto
             warn!("{}", policy_file::misnamed_message(&state.dir, &name));
         }
     }
+    let (survey_ms, compile_ms) = (survey.survey_ms, survey.compile_ms);
     let mut compiled = compiled.into_iter();
     let mut changes: Vec<(String, Option<Policy>)> = Vec::new();
     let (mut applied, mut rejected, mut added, mut removed) = (0usize, 0usize, 0usize, 0usize);
@@ -530,8 +622,8 @@ async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, sto
                 store.clear_reload_error(&name);
                 state.seen.insert(name, Some(print));
             }
-            Found::Changed(name, path, _, print) => {
-                let shown = path.display().to_string();
+            Found::Changed(name, _, _, print) => {
+                let shown = shown(&state.dir, &name);
                 state.seen.insert(name.clone(), Some(print));
                 match compiled.next() {
                     Some(Outcome::Valid(done)) => {
@@ -562,11 +654,11 @@ async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, sto
                     None => {}
                 }
             }
-            Found::Unreadable(name, path, why, print) => {
+            Found::Unreadable(name, why, print) => {
                 rejected += 1;
                 let text = format!(
                     "{}: {}",
-                    path.display(),
+                    shown(&state.dir, &name),
                     policy_file::unreadable_message(&io::Error::other(why))
                 );
                 let known = store.reload_error(&name).is_some_and(|e| *e == text);
@@ -608,6 +700,8 @@ async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, sto
         removed,
         rejected,
         tenants = store.tenants().len(),
+        survey_ms,
+        compile_ms,
         took_ms = took.as_secs_f64() * 1000.0,
         result = result.as_str(),
         "policy directory batch {}",

@@ -36,11 +36,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// Quiet time after the last relevant event before a change is yielded.
-pub const DEBOUNCE: Duration = Duration::from_millis(60);
+pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// Longest a burst of events may put a change off.
 pub const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
 /// Pause between two reads that must agree.
 pub const SETTLE: Duration = Duration::from_millis(25);
+/// Longest [`Layout::settled`] waits for a directory to stay still.
+pub const SETTLE_MAX: Duration = Duration::from_secs(2);
 /// Reads tried before a file that keeps changing is given up on, for now.
 pub const MAX_READS: usize = 20;
 /// How often followed files' metadata is compared, in case an event was missed.
@@ -407,6 +409,23 @@ impl Layout {
         }
     }
 
+    /// Waits until the directory at `dir` stays as it is (its target, its
+    /// `..data` link and its own modification time) for [`DEBOUNCE`], for
+    /// [`SETTLE_MAX`] at most: a writer that moved the revision is done
+    /// adding and removing entries. Blocking.
+    pub fn settled(dir: &Path) -> Layout {
+        let started = std::time::Instant::now();
+        let mut last = Layout::of(dir);
+        loop {
+            std::thread::sleep(DEBOUNCE);
+            let now = Layout::of(dir);
+            if now == last || started.elapsed() > SETTLE_MAX {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Whether `other` is the same revision of the layout: the same
     /// directory and the same `..data` (its modification time aside, which
     /// moves with every file added or removed).
@@ -499,7 +518,8 @@ pub fn not_a_file(path: &Path) -> Option<String> {
 
 /// Opens and reads `path` only if it is a regular file (links followed), so
 /// a FIFO or a device never blocks the reader. Returns the bytes and the
-/// fingerprint of the file they were read from.
+/// fingerprint of the file they were read from (taken before the read, or
+/// after it when the file changed meanwhile).
 pub fn read_file(path: &Path) -> io::Result<(Vec<u8>, Fingerprint)> {
     use std::io::Read;
     if let Some(what) = not_a_file(path) {
@@ -512,7 +532,10 @@ pub fn read_file(path: &Path) -> io::Result<(Vec<u8>, Fingerprint)> {
     let print = Fingerprint::from_metadata(&file.metadata()?);
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    Ok((bytes, print))
+    // Written to while it was read: the later fingerprint (changed just
+    // now, so a second read must agree).
+    let after = Fingerprint::from_metadata(&file.metadata()?);
+    Ok((bytes, if after == print { print } else { after }))
 }
 
 /// Reads `path` until two reads agree, or until a read comes from a file
@@ -538,6 +561,20 @@ pub fn settle_read(path: &Path, first: (Vec<u8>, Fingerprint)) -> io::Result<(Ve
         (previous, print) = (bytes, now);
     }
     Err(io::Error::other("the file kept changing while it was read"))
+}
+
+/// Whether the file a read came from had not changed for [`SETTLE`] when
+/// `print` was taken (its change time is older): no writer is at it, so one
+/// read is whole and a second is not needed.
+pub fn settled_before(print: &Fingerprint, read_at: SystemTime) -> bool {
+    let Some((.., ctime, ctime_nsec)) = print.0 else {
+        return false;
+    };
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(ctime), u32::try_from(ctime_nsec)) else {
+        return false;
+    };
+    let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+    read_at.duration_since(changed).is_ok_and(|age| age >= SETTLE)
 }
 
 /// A second read of a file already read once, `SETTLE` later: the bytes if

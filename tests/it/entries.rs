@@ -142,7 +142,7 @@ async fn a_watching_server_never_sees_a_bad_file() {
     let edits = tokio::task::spawn_blocking({
         let file = file.clone();
         move || {
-            for i in 0..200 {
+            for i in 0..201 {
                 let (verb, origin) = if i % 2 == 0 {
                     ("add", "https://churn.acme.example")
                 } else {

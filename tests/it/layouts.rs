@@ -150,9 +150,10 @@ async fn expect_second_revision(channel: Channel) {
 }
 
 /// Kubernetes' atomic writer: a new `..TIMESTAMP` directory, `..data`
-/// renamed over to it, then links of new keys added and of removed keys
-/// removed, then the old directory deleted.
-fn configmap_update(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) {
+/// renamed over to it, then (after `link_lag`: the writer checks every key,
+/// which takes a while for many) links of new keys added and of removed
+/// keys removed, then the old directory deleted.
+fn configmap_update(dir: &Path, stamp: &str, files: &BTreeMap<String, String>, link_lag: Duration) {
     let versioned = dir.join(stamp);
     std::fs::create_dir(&versioned).unwrap();
     for (name, text) in files {
@@ -161,6 +162,7 @@ fn configmap_update(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) {
     let old = std::fs::read_link(dir.join("..data")).ok();
     std::os::unix::fs::symlink(stamp, dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::thread::sleep(link_lag);
     for name in files.keys() {
         let link = dir.join(format!("{name}.toml"));
         if std::fs::symlink_metadata(&link).is_err() {
@@ -195,7 +197,7 @@ fn gitsync_update(root: &Path, worktree: &str, files: &BTreeMap<String, String>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_is_in_force_all_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    configmap_update(dir.path(), "..2026_12_02_1", &first_revision());
+    configmap_update(dir.path(), "..2026_12_02_1", &first_revision(), Duration::ZERO);
     let logs = tempfile::tempdir().unwrap();
     let corsd = Corsd::start_dir(dir.path(), &[], logs.path());
     let channel = corsd.channel().await;
@@ -203,9 +205,18 @@ async fn a_configmap_update_is_in_force_all_at_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let renamed = Instant::now();
     let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || configmap_update(&dir_path, "..2026_12_02_2", &second_revision()))
-        .await
-        .unwrap();
+    // The links follow 300 ms after the swap: the update is in force, all
+    // of it, before they do.
+    tokio::task::spawn_blocking(move || {
+        configmap_update(
+            &dir_path,
+            "..2026_12_02_2",
+            &second_revision(),
+            Duration::from_millis(300),
+        )
+    })
+    .await
+    .unwrap();
     let (_, calls) = watcher.await.unwrap();
     println!(
         "ConfigMap update of {CHANGED} of {TENANTS} tenants in force after {:?} ({calls} calls)",
