@@ -345,6 +345,7 @@ async fn main() {
     let child = Command::new(&args.corsd)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--policy-dir"])
         .arg(&given)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stderr(log)
         .stdout(Stdio::null())
         .spawn()
@@ -461,7 +462,10 @@ async fn main() {
     );
     println!("resident memory after the update: {:.0} MiB", rss_mib(corsd.0.id()));
     let log = std::fs::read_to_string(work.path().join("corsd.log")).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("batch")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("batch") || l.contains("WARN") || l.contains("revision"))
+    {
         println!("  corsd: {line}");
     }
 }

@@ -554,6 +554,16 @@ fn is_revision_link(path: &Path) -> bool {
     std::fs::read_link(path).is_ok_and(|target| target.starts_with("..data"))
 }
 
+/// Whether `path` is still there and is not a volume's link into its
+/// revision: a file of the directory's own, beside the volume's keys.
+fn outside_revision(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => false,
+        Ok(m) if m.file_type().is_symlink() => std::fs::read_link(path).is_ok_and(|t| !t.starts_with("..data")),
+        Ok(_) => true,
+    }
+}
+
 /// The directory's tenant files and where to read each; with a volume's
 /// revision, its keys are read from the revision itself.
 fn listing(dir: &Path) -> io::Result<(BTreeMap<String, PathBuf>, Vec<String>)> {
@@ -564,7 +574,7 @@ fn listing(dir: &Path) -> io::Result<(BTreeMap<String, PathBuf>, Vec<String>)> {
     let mut listed: BTreeMap<String, PathBuf> = files
         .tenants
         .into_iter()
-        .filter(|(_, path)| !is_revision_link(path))
+        .filter(|(_, path)| outside_revision(path))
         .collect();
     for (name, path) in policy_file::tenant_files(&revision)?.tenants {
         listed.entry(name).or_insert(path);
