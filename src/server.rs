@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub limits: grpc::Limits,
     /// Also serve ECDS with the native-mode RBAC filters.
     pub xds: bool,
+    /// Which ext_authz answers carry `dynamic_metadata`.
+    pub ext_authz_metadata: grpc::ext_authz::ExtAuthzMetadata,
     /// Worker threads of the runtime.
     pub workers: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when `None`.
@@ -236,6 +238,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         admin,
         limits: args.limits.clone(),
         xds: args.xds,
+        ext_authz_metadata: args.ext_authz_metadata,
     };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,

@@ -100,6 +100,22 @@ pub(super) struct ServeArgs {
     /// Most denial lines a second; the rest are counted in a line each second.
     #[arg(long, env = "CORSD_LOG_DENIALS_RATE", default_value_t = crate::observe::denials::DEFAULT_RATE)]
     log_denials_rate: u64,
+    /// Which ext_authz answers carry dynamic_metadata (corsd_reason,
+    /// corsd_matched, corsd_policy_version, corsd_tenant) for Envoy's access
+    /// log: denials (403s), all, or off.
+    #[arg(long, env = "CORSD_EXT_AUTHZ_METADATA", value_enum, default_value_t = MetadataArg::Denials)]
+    ext_authz_metadata: MetadataArg,
+}
+
+/// Which ext_authz answers carry `dynamic_metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MetadataArg {
+    /// Every answer that denies (403); none on allowed or forwarded ones.
+    Denials,
+    /// Every answer.
+    All,
+    /// None.
+    Off,
 }
 
 /// How `corsd serve` writes its logs.
@@ -151,6 +167,11 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
             max_connections: args.max_connections,
         },
         xds: args.xds,
+        ext_authz_metadata: match args.ext_authz_metadata {
+            MetadataArg::Denials => crate::grpc::ext_authz::ExtAuthzMetadata::Denials,
+            MetadataArg::All => crate::grpc::ext_authz::ExtAuthzMetadata::All,
+            MetadataArg::Off => crate::grpc::ext_authz::ExtAuthzMetadata::Off,
+        },
         workers,
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,

@@ -91,6 +91,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Also serve Envoy's ECDS with the native-mode RBAC filters (`--xds`).
     pub xds: bool,
+    /// Which ext_authz answers carry `dynamic_metadata`.
+    pub ext_authz_metadata: ext_authz::ExtAuthzMetadata,
 }
 
 /// The names under which health is reported.
@@ -162,8 +164,10 @@ pub async fn serve_counted(
         cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin),
     )
     .max_decoding_message_size(limits.max_message_bytes);
-    let authz = stubs::authorization_server::AuthorizationServer::new(ext_authz::AuthorizationService::on_path(path))
-        .max_decoding_message_size(limits.max_message_bytes);
+    let authz = stubs::authorization_server::AuthorizationServer::new(
+        ext_authz::AuthorizationService::on_path(path).with_metadata(options.ext_authz_metadata),
+    )
+    .max_decoding_message_size(limits.max_message_bytes);
 
     let router = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)

@@ -374,48 +374,69 @@ async fn the_denial_log_is_bounded_and_unforgeable() {
 }
 
 /// The shipped Envoy config prints corsd's `dynamic_metadata` in its access
-/// log: the reason, matched entry and policy version of an allowed and of a
-/// denied request.
+/// log. With `--ext-authz-metadata denials` (the default) a denied request's
+/// line names the reason and policy version and an allowed one's names
+/// nothing; with `all` both do, the allowed one its matched entry too; with
+/// `off` neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_access_log_carries_corsd_reason() {
     use crate::common::envoy::{Envoy, envoy_binary, start_upstream};
+    use corsd::grpc::ext_authz::ExtAuthzMetadata;
     let Some(binary) = envoy_binary() else { return };
-    let store = PolicyStore::for_test(POLICY).unwrap();
-    let version = store.load_full().unwrap().policy.version().to_owned();
-    let corsd = common::serve::TestServer::start(store).await;
-    let upstream = start_upstream().await;
-    let envoy = Envoy::start(&binary, corsd.addr, upstream).await;
-    let get = |origin: &str| {
-        format!("GET /x HTTP/1.1\r\nHost: api.example.com\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n")
-    };
-    assert_eq!(envoy.send(&get("https://app.example.com")).await.status, 200);
-    assert_eq!(envoy.send(&get("https://evil.example")).await.status, 403);
-    let started = Instant::now();
-    let log = loop {
-        let log = envoy.access_log();
-        if log.lines().count() >= 2 {
-            break log;
+    for mode in [ExtAuthzMetadata::Denials, ExtAuthzMetadata::All, ExtAuthzMetadata::Off] {
+        let store = PolicyStore::for_test(POLICY).unwrap();
+        let version = store.load_full().unwrap().policy.version().to_owned();
+        let options = corsd::grpc::ServeOptions {
+            ext_authz_metadata: mode,
+            ..Default::default()
+        };
+        let corsd = common::serve::serve_with_options(store, options).await;
+        let upstream = start_upstream().await;
+        let envoy = Envoy::start(&binary, corsd, upstream).await;
+        let get = |origin: &str| {
+            format!("GET /x HTTP/1.1\r\nHost: api.example.com\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(envoy.send(&get("https://app.example.com")).await.status, 200);
+        assert_eq!(envoy.send(&get("https://evil.example")).await.status, 403);
+        let started = Instant::now();
+        let log = loop {
+            let log = envoy.access_log();
+            if log.lines().count() >= 2 {
+                break log;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "access log: {log:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let (allowed, denied) = (lines[0], lines[1]);
+        assert!(allowed.contains(" 200 ") && denied.contains(" 403 "), "{mode:?}: {log}");
+        let allowed_carries = mode == ExtAuthzMetadata::All;
+        let denied_carries = mode != ExtAuthzMetadata::Off;
+        assert_eq!(
+            allowed.contains("corsd_reason=allowed"),
+            allowed_carries,
+            "{mode:?}: {allowed}"
+        );
+        assert_eq!(
+            allowed.contains("corsd_matched=\"https://app.example.com\""),
+            allowed_carries,
+            "{mode:?}: {allowed}"
+        );
+        assert_eq!(
+            denied.contains("corsd_reason=origin_not_allowed"),
+            denied_carries,
+            "{mode:?}: {denied}"
+        );
+        assert_eq!(
+            denied.contains(&format!("corsd_policy_version={version}")),
+            denied_carries,
+            "{mode:?}: {denied}"
+        );
+        if !denied_carries {
+            assert!(denied.contains("corsd_reason=-"), "{mode:?}: {denied}");
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "access log: {log:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let lines: Vec<&str> = log.lines().collect();
-    assert!(lines[0].contains(" 200 "), "{}", lines[0]);
-    assert!(lines[0].contains("corsd_reason=allowed"), "{}", lines[0]);
-    assert!(
-        lines[0].contains("corsd_matched=\"https://app.example.com\""),
-        "{}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains(&format!("corsd_policy_version={version}")),
-        "{}",
-        lines[0]
-    );
-    assert!(lines[1].contains(" 403 "), "{}", lines[1]);
-    assert!(lines[1].contains("corsd_reason=origin_not_allowed"), "{}", lines[1]);
-    drop(envoy);
-    corsd.stop().await;
+        drop(envoy);
+    }
 }
 
 /// `--metrics-per-tenant`: decisions carry the deciding tenant (`""` when no

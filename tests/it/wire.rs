@@ -68,12 +68,17 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
         }
         // The metadata is a map, which the generated message keeps in a
         // HashMap and encodes in any order: compare the messages read back.
-        let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
-            encode_check_response("acme", &decision).as_bytes(),
-        )
-        .unwrap();
-        if ours != to_check_response("acme", &decision) {
-            failures.push(format!("{}: CheckResponse differs", case.name));
+        for with_metadata in [true, false] {
+            let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
+                encode_check_response("acme", &decision, with_metadata).as_bytes(),
+            )
+            .unwrap();
+            if ours != to_check_response("acme", &decision, with_metadata) {
+                failures.push(format!(
+                    "{}: CheckResponse differs (metadata: {with_metadata})",
+                    case.name
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -122,6 +122,11 @@ pub fn get_request(origin: impl Into<String>) -> CheckOriginRequest {
 /// A channel to a real server on `127.0.0.1:0` serving `store` with
 /// `options` (admin gate, ECDS, ...), in this process until the test ends.
 pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::ServeOptions) -> Channel {
+    super::channel_when_up(serve_with_options(store, options).await).await
+}
+
+/// [`start_with_options`], returning the server's address.
+pub async fn serve_with_options(store: Arc<PolicyStore>, options: corsd::grpc::ServeOptions) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(corsd::grpc::serve_counted(
@@ -131,7 +136,7 @@ pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::S
         tonic_health::server::health_reporter(),
         std::future::pending(),
     ));
-    super::channel_when_up(addr).await
+    addr
 }
 
 /// Every tenant's info, `page_size` a page, checked against the total.
