@@ -272,7 +272,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     let _ = stop.send(());
     let flush_denials = move || {
         if let Some(log) = &denials_at_exit {
-            log.flush_dropped();
+            log.close();
         }
     };
     let code = match tokio::time::timeout(args.shutdown_timeout, server).await {

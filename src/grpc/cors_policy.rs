@@ -66,9 +66,8 @@ impl CorsPolicyService {
             authority: text.authority,
             path: text.path,
         };
-        Ok(self
-            .path
-            .decide(Api::Corsd, text.tenant, &request, encode_check_origin_from))
+        self.path
+            .decide(Api::Corsd, text.tenant, &request, encode_check_origin_from)
     }
 }
 
@@ -136,19 +135,23 @@ mod field {
 
 /// Writes a decision as a `CheckOriginResponse`: the bytes prost writes for
 /// [`to_proto`], without building it.
-pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Encoded {
+pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Result<Encoded, Status> {
     encode(tenant, decision, None)
 }
 
 /// [`encode_check_origin`] for a decision made with `snapshot`'s policy:
 /// the same bytes, with the parts that are the same for every answer from
 /// the snapshot copied in, encoded on its first answer ([`AnswerParts`]).
-pub fn encode_check_origin_from(tenant: &str, decision: &Decision<'_>, snapshot: Option<&Snapshot>) -> Encoded {
+pub fn encode_check_origin_from(
+    tenant: &str,
+    decision: &Decision<'_>,
+    snapshot: Option<&Snapshot>,
+) -> Result<Encoded, Status> {
     let parts = snapshot
         .filter(|s| std::ptr::eq(decision.policy_version, s.policy.version()) && *s.tenant == *tenant)
         .and_then(|s| {
             let parts = s.prepared.get_or_init(|| Box::new(AnswerParts::of(s)));
-            parts.downcast_ref::<AnswerParts>()
+            parts.downcast_ref::<Option<AnswerParts>>().and_then(Option::as_ref)
         });
     encode(tenant, decision, parts)
 }
@@ -167,7 +170,9 @@ pub struct AnswerParts {
 }
 
 impl AnswerParts {
-    fn of(snapshot: &Snapshot) -> Self {
+    /// The parts, or `None` (each answer then written whole) when they do
+    /// not encode to the length summed.
+    fn of(snapshot: &Snapshot) -> Option<Self> {
         use field::*;
         let rest = allowed_actual_rest(&snapshot.policy);
         let rest = rest.iter().flatten();
@@ -180,10 +185,10 @@ impl AnswerParts {
         let mut tail = Writer::with_len(str_len(POLICY_VERSION, version) + str_len(TENANT, tenant));
         tail.put_str(POLICY_VERSION, version);
         tail.put_str(TENANT, tenant);
-        AnswerParts {
-            allowed_rest: allowed_rest.finish(),
-            tail: tail.finish(),
-        }
+        Some(AnswerParts {
+            allowed_rest: allowed_rest.finish().ok()?,
+            tail: tail.finish().ok()?,
+        })
     }
 }
 
@@ -202,7 +207,7 @@ fn put_header(out: &mut Writer, h: &ResponseHeader<'_>, len: usize) {
 
 /// One answer, with `parts` (prepared for the policy and tenant that
 /// decided) standing in for the fields they hold.
-fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) -> Encoded {
+fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) -> Result<Encoded, Status> {
     use field::*;
     // An allowed actual request: only its first header depends on it.
     let allowed_rest = parts

@@ -107,11 +107,10 @@ impl AuthorizationService {
             path: text("path", &http.path)?,
         };
         let metadata = self.metadata;
-        Ok(self
-            .path
+        self.path
             .decide(Api::ExtAuthz, tenant, &request, |tenant, decision, _| {
                 encode_check_response(tenant, decision, metadata.carried_by(decision))
-            }))
+            })
     }
 }
 
@@ -342,7 +341,7 @@ impl HeaderOption<'_> {
 
 /// Writes a decision as Envoy's `CheckResponse`: the bytes prost writes for
 /// [`to_check_response`], without building it.
-pub fn encode_check_response(tenant: &str, decision: &Decision<'_>, with_metadata: bool) -> Encoded {
+pub fn encode_check_response(tenant: &str, decision: &Decision<'_>, with_metadata: bool) -> Result<Encoded, Status> {
     use field::*;
     let direct = decision.answer != Answer::Forward;
     let forbidden = decision.answer == Answer::Deny;

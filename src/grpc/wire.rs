@@ -60,8 +60,13 @@ struct Fields {
     method: Span,
     /// `access_control_request_method` (3); absent: no such header.
     request_method: Option<Span>,
-    /// `access_control_request_headers` (4), one element per header line.
-    request_headers: Vec<Span>,
+    /// `access_control_request_headers` (4), one element per header line:
+    /// one past the most the core reads, so that it refuses a longer list
+    /// for its count; a message can hold tens of thousands of lines, which
+    /// are not kept.
+    request_headers: ArrayVec<Span, { MAX_REQUEST_HEADER_LINES + 1 }>,
+    /// Whether a line past those kept is not UTF-8 (refused, as prost does).
+    dropped_line_not_text: bool,
     /// `scheme` (5) of the target.
     scheme: Span,
     /// `authority` (6): the target's `host[:port]`.
@@ -163,6 +168,9 @@ impl CheckOriginCall {
         for span in &f.request_headers {
             request_headers.push(field("access_control_request_headers", span)?);
         }
+        if f.dropped_line_not_text {
+            text("access_control_request_headers", &[0xff])?;
+        }
         Ok(CallText {
             origin,
             method,
@@ -182,12 +190,17 @@ impl CheckOriginCall {
 impl Fields {
     /// Sets string field `tag` to `span`; other fields are skipped by the
     /// caller.
-    fn set(&mut self, tag: u32, span: Span) {
+    fn set(&mut self, tag: u32, span: Span, message: &[u8]) {
         match tag {
             1 => self.origin = Some(span),
             2 => self.method = span,
             3 => self.request_method = Some(span),
-            4 => self.request_headers.push(span),
+            4 => {
+                if let Err(full) = self.request_headers.try_push(span) {
+                    let line = message.get(range(&full.element())).unwrap_or_default();
+                    self.dropped_line_not_text |= std::str::from_utf8(line).is_err();
+                }
+            }
             5 => self.scheme = span,
             6 => self.authority = span,
             7 => self.path = span,
@@ -206,7 +219,7 @@ impl Fields {
                 && let Some(value) = after.get(..usize::from(*len))
             {
                 let start = message.len() - after.len();
-                self.set(u32::from(key >> 3), span(start, value.len()));
+                self.set(u32::from(key >> 3), span(start, value.len()), message);
                 rest = after.get(value.len()..).unwrap_or_default();
                 continue;
             }
@@ -222,12 +235,12 @@ impl Fields {
                         let mut read = Bytes::new();
                         prost::encoding::bytes::merge(wire_type, &mut read, &mut value_on, DecodeContext::default())?;
                         let end = message.len() - value_on.len();
-                        self.set(tag, span(end.saturating_sub(read.len()), read.len().min(end)));
+                        self.set(tag, span(end.saturating_sub(read.len()), read.len().min(end)), message);
                         rest = value_on;
                         continue;
                     };
                     let start = message.len() - rest.len();
-                    self.set(tag, span(start, value.len()));
+                    self.set(tag, span(start, value.len()), message);
                     rest = rest.get(value.len()..).unwrap_or_default();
                 }
                 (8, _) => prost::encoding::bool::merge(
@@ -301,7 +314,7 @@ impl prost::Message for CheckOriginCall {
                 prost::encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
                 let start = self.message.len();
                 self.message.extend_from_slice(&value);
-                self.fields.set(tag, span(start, value.len()));
+                self.fields.set(tag, span(start, value.len()), &self.message);
                 Ok(())
             }
             8 => prost::encoding::bool::merge(wire_type, &mut self.fields.private_network, buf, ctx),
@@ -548,15 +561,19 @@ impl Writer {
         self.out.push(value as u8);
     }
 
-    /// The message written.
-    pub fn finish(self) -> Encoded {
-        debug_assert_eq!(
-            self.out.len(),
-            self.len,
-            "the length summed differs from the length written"
-        );
+    /// The message written, or `INTERNAL` when the length summed first is
+    /// not the length written: an answer whose length prefix would lie is
+    /// never sent (checked in release builds too; a comparison a message).
+    pub fn finish(self) -> Result<Encoded, Status> {
+        if self.out.len() != self.len {
+            return Err(Status::internal(format!(
+                "an answer's length was summed as {} bytes and written as {}; it is not sent",
+                self.len,
+                self.out.len()
+            )));
+        }
         // Written to its capacity, the buffer becomes `Bytes` without a copy.
-        Encoded(Bytes::from(self.out))
+        Ok(Encoded(Bytes::from(self.out)))
     }
 }
 
@@ -590,6 +607,17 @@ pub fn sub_len(tag: u32, len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_that_differs_from_its_sum_is_an_internal_error() {
+        let mut out = Writer::with_len(4);
+        out.put_str(1, "ab");
+        assert!(out.finish().is_ok());
+        let mut out = Writer::with_len(5);
+        out.put_str(1, "ab");
+        let error = out.finish().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Internal);
+    }
 
     #[test]
     fn varints_are_written_as_prost_writes_them() {

@@ -4,11 +4,19 @@
 //! equal the denials. Lines are JSON whatever `--log-format` is; every value
 //! is escaped by `serde_json`, so a hostile `Origin` cannot forge a line and
 //! parses back to itself.
+//!
+//! A worker never waits on stderr: lines go to a writer thread through
+//! `tracing-appender`'s non-blocking writer, and a line that finds its queue
+//! full is counted as dropped. Values are capped ([`MAX_ORIGIN`],
+//! [`MAX_AUTHORITY`], [`MAX_PATH`], [`MAX_TENANT`], [`MAX_METHOD`] bytes): a
+//! longer one is cut at a character boundary and ends with `...`.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 use serde::Serialize;
 use tracing_subscriber::fmt::format::Writer;
@@ -23,6 +31,33 @@ pub const TARGET: &str = "corsd::denial";
 /// Default lines a second.
 pub const DEFAULT_RATE: u64 = 100;
 
+/// Longest origin logged whole: longer than any origin corsd can allow.
+pub const MAX_ORIGIN: usize = 330;
+/// Longest authority logged whole.
+pub const MAX_AUTHORITY: usize = 256;
+/// Longest path logged whole.
+pub const MAX_PATH: usize = 1024;
+/// Longest tenant name logged whole (a tenant name has at most 63 bytes).
+pub const MAX_TENANT: usize = 64;
+/// Longest method logged whole.
+pub const MAX_METHOD: usize = 32;
+/// Lines queued for the writer thread before more are dropped.
+const QUEUE: usize = 16_384;
+
+/// `value`, or its first `max` bytes (at a character boundary) and `...`.
+fn capped(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= max {
+        return value.into();
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value
+        .get(..end)
+        .map_or_else(|| "...".into(), |head| format!("{head}...").into())
+}
+
 /// Rate-limited denial lines.
 #[derive(Debug)]
 pub struct DenialLog {
@@ -33,6 +68,12 @@ pub struct DenialLog {
     /// new second and its first line are taken together.
     window: AtomicU64,
     dropped: AtomicU64,
+    writer: NonBlocking,
+    /// Lines the writer's queue refused, counted as dropped at each report.
+    refused: ErrorCounter,
+    refused_reported: AtomicU64,
+    /// Flushes the writer thread when dropped ([`DenialLog::close`]).
+    guard: Mutex<Option<WorkerGuard>>,
 }
 
 #[derive(Serialize)]
@@ -40,15 +81,15 @@ struct Line<'a> {
     time: &'a str,
     target: &'static str,
     api: &'static str,
-    tenant: &'a str,
-    origin: Option<&'a str>,
-    method: &'a str,
+    tenant: std::borrow::Cow<'a, str>,
+    origin: Option<std::borrow::Cow<'a, str>>,
+    method: std::borrow::Cow<'a, str>,
     preflight: bool,
     reason: &'static str,
     matched: &'a str,
     policy_version: &'a str,
-    authority: &'a str,
-    path: &'a str,
+    authority: std::borrow::Cow<'a, str>,
+    path: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Serialize)]
@@ -62,12 +103,21 @@ impl DenialLog {
     /// A log of at most `rate` lines a second (0: none, every denial counted
     /// as dropped).
     pub fn new(rate: u64) -> Arc<Self> {
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUE)
+            .thread_name("corsd-denial-log")
+            .finish(std::io::stderr());
         Arc::new(DenialLog {
             // The count shares one atomic with the second: 32 bits each.
             rate: rate.min(u64::from(u32::MAX)),
             started: Instant::now(),
             window: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            refused: writer.error_counter(),
+            refused_reported: AtomicU64::new(0),
+            writer,
+            guard: Mutex::new(Some(guard)),
         })
     }
 
@@ -83,17 +133,17 @@ impl DenialLog {
             time: &time,
             target: TARGET,
             api: api.as_str(),
-            tenant,
-            origin: request.origin,
-            method: request.method,
+            tenant: capped(tenant, MAX_TENANT),
+            origin: request.origin.map(|o| capped(o, MAX_ORIGIN)),
+            method: capped(request.method, MAX_METHOD),
             preflight: decision.preflight,
             reason: decision.reason.as_str(),
             matched: decision.matched_pattern(),
             policy_version: decision.policy_version,
-            authority: request.authority,
-            path: request.path,
+            authority: capped(request.authority, MAX_AUTHORITY),
+            path: capped(request.path, MAX_PATH),
         };
-        write_line(&line);
+        self.write_line(&line);
     }
 
     /// Whether a line may be written in this second.
@@ -132,21 +182,46 @@ impl DenialLog {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.flush_dropped();
+            // The count is written past the queue: off the async workers.
+            let log = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || log.flush_dropped()).await;
         }
     }
 
-    /// Writes the dropped count now, if there is one.
+    /// Writes the dropped count now, if there is one: lines over the rate,
+    /// and lines the writer's queue refused.
     pub fn flush_dropped(&self) {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let refused = u64::try_from(self.refused.dropped_lines()).unwrap_or(u64::MAX);
+        let newly_refused = refused.saturating_sub(self.refused_reported.swap(refused, Ordering::Relaxed));
+        let dropped = self.dropped.swap(0, Ordering::Relaxed) + newly_refused;
         if dropped > 0 {
             let time = now();
-            write_line(&Dropped {
+            // Written past the queue: this count must not be lost itself.
+            if let Ok(mut bytes) = serde_json::to_vec(&Dropped {
                 time: &time,
                 target: TARGET,
                 dropped,
-            });
+            }) {
+                bytes.push(b'\n');
+                let _ = std::io::stderr().lock().write_all(&bytes);
+            }
         }
+    }
+
+    /// At exit: writes out every queued line, then the last dropped count.
+    pub fn close(&self) {
+        drop(self.guard.lock().unwrap_or_else(PoisonError::into_inner).take());
+        self.flush_dropped();
+    }
+
+    /// One line, handed whole to the writer thread in a single write, so
+    /// lines never interleave; never waits.
+    fn write_line(&self, line: &impl Serialize) {
+        let Ok(mut bytes) = serde_json::to_vec(line) else {
+            return;
+        };
+        bytes.push(b'\n');
+        let _ = self.writer.clone().write_all(&bytes);
     }
 }
 
@@ -154,14 +229,4 @@ fn now() -> String {
     let mut time = String::with_capacity(32);
     let _ = SystemTime.format_time(&mut Writer::new(&mut time));
     time
-}
-
-/// One line, written whole with a single call, so lines from several
-/// threads never interleave.
-fn write_line(line: &impl Serialize) {
-    let Ok(mut bytes) = serde_json::to_vec(line) else {
-        return;
-    };
-    bytes.push(b'\n');
-    let _ = std::io::stderr().lock().write_all(&bytes);
 }

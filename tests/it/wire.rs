@@ -41,8 +41,8 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
     let mut failures = Vec::new();
     for (case, r) in common::decision_cases() {
         let decision = decide(&policies[&r.policy], &r.request());
-        if encode_check_origin("", &decision).as_bytes() != to_proto("", &decision).encode_to_vec()
-            || encode_check_origin("acme", &decision).as_bytes() != to_proto("acme", &decision).encode_to_vec()
+        if encode_check_origin("", &decision).unwrap().as_bytes() != to_proto("", &decision).encode_to_vec()
+            || encode_check_origin("acme", &decision).unwrap().as_bytes() != to_proto("acme", &decision).encode_to_vec()
         {
             failures.push(format!("{}: CheckOriginResponse differs", case.name));
         }
@@ -52,7 +52,11 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
         for (tenant, snapshot) in [("", single), ("acme", acme)] {
             let decision = decide(&snapshot.policy, &r.request());
             let want = to_proto(tenant, &decision).encode_to_vec();
-            if encode_check_origin_from(tenant, &decision, Some(snapshot)).as_bytes() != want {
+            if encode_check_origin_from(tenant, &decision, Some(snapshot))
+                .unwrap()
+                .as_bytes()
+                != want
+            {
                 failures.push(format!(
                     "{}: CheckOriginResponse from prepared parts differs",
                     case.name
@@ -62,7 +66,11 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
                 failures.push(format!("{}: no parts were prepared for tenant {tenant:?}", case.name));
             }
             let other = to_proto("other", &decision).encode_to_vec();
-            if encode_check_origin_from("other", &decision, Some(snapshot)).as_bytes() != other {
+            if encode_check_origin_from("other", &decision, Some(snapshot))
+                .unwrap()
+                .as_bytes()
+                != other
+            {
                 failures.push(format!("{}: another tenant's answer differs", case.name));
             }
         }
@@ -70,7 +78,9 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
         // HashMap and encodes in any order: compare the messages read back.
         for with_metadata in [true, false] {
             let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
-                encode_check_response("acme", &decision, with_metadata).as_bytes(),
+                encode_check_response("acme", &decision, with_metadata)
+                    .unwrap()
+                    .as_bytes(),
             )
             .unwrap();
             if ours != to_check_response("acme", &decision, with_metadata) {
@@ -310,4 +320,110 @@ fn a_request_with_more_header_lines_than_the_core_reads_is_refused() {
             "{lines} lines"
         );
     }
+}
+
+/// A policy with long values (an exposed header list far past 127 bytes,
+/// wildcards), and requests drawn to reach every reason: the answers are the
+/// bytes prost writes for the readable mapping, whatever the decision.
+fn long_policy() -> Policy {
+    let exposed: Vec<String> = (0..24).map(|i| format!("\"x-exposed-header-number-{i}\"")).collect();
+    let text = format!(
+        "[cors]\nallow_methods = [\"GET\", \"PUT\", \"PATCH\"]\nallow_headers = [\"content-type\", \"x-a\", \"x-b\"]\n\
+         expose_headers = [{}]\nallow_private_network = true\nmax_age = 86400\n\
+         [scope]\nhosts = [\"api.example.com\"]\npaths = [\"/api\"]\n\
+         [[entries]]\norigin = \"https://{}.example.com\"\n[[entries]]\norigin = \"https://*.wild.example.net\"\n",
+        exposed.join(", "),
+        "a".repeat(60) + "." + &"b".repeat(60)
+    );
+    Policy::compile("long", text.as_bytes()).unwrap().policy
+}
+
+fn long_origin() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(Some(format!(
+            "https://{}.{}.example.com",
+            "a".repeat(60),
+            "b".repeat(60)
+        ))),
+        "[a-z]{1,63}".prop_map(|l| Some(format!("https://{l}.wild.example.net"))),
+        Just(Some("https://evil.example".to_owned())),
+        Just(Some("null".to_owned())),
+        Just(Some("https://api.example.com".to_owned())),
+        Just(Some("not an origin".to_owned())),
+        Just(None),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn answers_are_the_bytes_prost_writes_for_arbitrary_decisions(
+        origin in long_origin(),
+        method in prop_oneof![Just("GET"), Just("OPTIONS"), Just("PUT"), Just("DELETE")],
+        request_method in prop::option::of(prop_oneof![Just("PATCH"), Just("DELETE"), Just(""), Just("PUT")]),
+        request_headers in prop::collection::vec(prop_oneof![Just("content-type".to_owned()), Just("x-a, x-b".to_owned()), "[a-z-]{1,140}"], 0..80),
+        private_network in any::<bool>(),
+        authority in prop_oneof![Just("api.example.com"), Just("elsewhere.example.org")],
+        path in prop_oneof![Just("/api/v1/things"), Just("/other")],
+    ) {
+        let policy = long_policy();
+        let request = corsd::core::Request {
+            origin: origin.as_deref(),
+            several_origins: false,
+            method,
+            request_method,
+            request_headers: &request_headers,
+            request_private_network: private_network,
+            scheme: "https",
+            authority,
+            path,
+        };
+        let decision = decide(&policy, &request);
+        for tenant in ["", "acme"] {
+            let ours = encode_check_origin(tenant, &decision).unwrap();
+            prop_assert_eq!(ours.as_bytes(), &to_proto(tenant, &decision).encode_to_vec()[..]);
+            for with_metadata in [true, false] {
+                let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
+                    encode_check_response(tenant, &decision, with_metadata).unwrap().as_bytes(),
+                )
+                .unwrap();
+                prop_assert_eq!(ours, to_check_response(tenant, &decision, with_metadata));
+            }
+        }
+    }
+}
+
+/// A 64 KiB call of single-byte header lines keeps only one line past the 64
+/// the core reads (and is denied for its count), however many it holds.
+#[test]
+fn a_call_of_many_header_lines_keeps_what_the_core_reads() {
+    let request = CheckOriginRequest {
+        origin: Some("https://a.example".into()),
+        method: "OPTIONS".into(),
+        access_control_request_method: Some("PUT".into()),
+        access_control_request_headers: vec!["x".to_owned(); 20_000],
+        ..Default::default()
+    };
+    let call = CheckOriginCall::decode(Bytes::from(request.encode_to_vec())).unwrap();
+    assert_eq!(
+        call.access_control_request_headers().len(),
+        corsd::core::decide::MAX_REQUEST_HEADER_LINES + 1
+    );
+    let mut lines = corsd::grpc::wire::HeaderLines::default();
+    call.text(&mut lines).unwrap();
+    assert_eq!(
+        lines.as_slice().len(),
+        corsd::core::decide::MAX_REQUEST_HEADER_LINES + 1
+    );
+    // A line past those kept that is not UTF-8 is still refused, as prost does.
+    let mut bytes = request.encode_to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] = 0xff;
+    let call = CheckOriginCall::decode(Bytes::from(bytes)).unwrap();
+    let refused = call.text(&mut corsd::grpc::wire::HeaderLines::default()).unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("access_control_request_headers"),
+        "{}",
+        refused.message()
+    );
 }
