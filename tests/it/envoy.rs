@@ -331,3 +331,51 @@ async fn envoy_replays_the_decision_table() {
     drop(envoy);
     corsd.stop().await;
 }
+
+/// The sidecar case: corsd on `--listen unix:PATH`, Envoy's ext_authz
+/// cluster on a `pipe` address (Envoy's gRPC client sends the cluster name
+/// as `:authority`, which corsd takes). An allowed preflight is answered
+/// with 204 and corsd's headers, an unlisted origin with 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reaches_corsd_over_a_unix_socket() {
+    let Some(binary) = envoy_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = crate::common::write_file(dir.path(), "p.toml", POLICY);
+    let socket = dir.path().join("corsd.sock");
+    let mut corsd = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args(["serve", "--policy", &policy, "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "corsd made no socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let upstream = start_upstream().await;
+    let pipe = format!("pipe: {{ path: \"{}\" }}", socket.display());
+    let envoy = Envoy::start_rewritten(
+        &binary,
+        "envoy.yaml",
+        &[(9000, upstream.port())],
+        &[("socket_address: { address: 127.0.0.1, port_value: 50051 }", &pipe)],
+    )
+    .await;
+    let allowed = envoy
+        .send(&preflight("https://app.example.org", "PUT", "content-type"))
+        .await;
+    assert_eq!(allowed.status, 204, "{allowed:?}");
+    assert_eq!(
+        allowed.all("access-control-allow-origin"),
+        ["https://app.example.org"],
+        "{allowed:?}"
+    );
+    let denied = envoy
+        .send(&preflight("https://evil.example", "PUT", "content-type"))
+        .await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    drop(envoy);
+    let _ = corsd.kill();
+    let _ = corsd.wait();
+}
