@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::core::{Policy, TenantSet};
+use crate::core::{Policy, Reason, TenantSet};
 
 /// A compiled policy, whose tenant it is, and when it came into force.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Snapshot {
 /// `Reason::ALL` order): plain atomics, bumped on the decision path.
 #[derive(Debug, Default)]
 pub struct DecisionCounts {
-    counts: [[AtomicU64; 11]; 2],
+    counts: [[AtomicU64; Reason::ALL.len()]; 2],
 }
 
 impl DecisionCounts {

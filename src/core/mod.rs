@@ -9,6 +9,7 @@ pub mod native;
 pub mod origin;
 pub mod pattern;
 pub mod policy;
+mod request_headers;
 pub mod tenants;
 
 pub use decide::{Answer, Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};

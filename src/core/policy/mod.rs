@@ -25,7 +25,8 @@ pub(crate) use scope::Scope;
 use super::allowlist::Allowlist;
 use super::pattern::OriginPattern;
 use diagnostic::sort;
-use reader::{LineIndex, Parts, Reader};
+
+use reader::{LineIndex, RawEntry, Reader};
 
 /// A compiled policy: immutable, cheap to decide with, shared between calls.
 #[derive(Debug)]
@@ -99,7 +100,7 @@ impl Policy {
             }
             return Err(reader.into_error());
         }
-        let document = reader.document(root.get_ref());
+        let document = document(&mut reader, root.get_ref());
         // The parsed tree is the bulk of a compile's memory: free it before
         // the index is built, so the index can reuse that memory.
         drop(root);
@@ -208,4 +209,34 @@ impl Policy {
 fn version_of(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The parts of a document that validated.
+struct Parts<'i> {
+    label: String,
+    cors: Option<CorsRules>,
+    scope: Option<Scope>,
+    entries: Option<Vec<RawEntry<'i>>>,
+}
+
+/// Reads the document's four parts, each by the module that owns it
+/// (`cors`, `scope`, the entries in `reader`), collecting every diagnostic.
+fn document<'i>(reader: &mut Reader<'_>, root: &DeTable<'i>) -> Parts<'i> {
+    reader.unknown_keys(root, "the file", &["label", "cors", "scope", "entries"]);
+    let label = match root.get("label") {
+        Some(v) => reader.string(v, "label").unwrap_or_default(),
+        None => String::new(),
+    };
+    let empty = DeTable::new();
+    let cors = reader.table(root.get("cors"), "cors").unwrap_or(&empty);
+    let cors = reader.cors(cors);
+    let scope = reader.table(root.get("scope"), "scope").unwrap_or(&empty);
+    let scope = reader.scope(scope);
+    let entries = reader.entries(root.get("entries"));
+    Parts {
+        label,
+        cors,
+        scope,
+        entries,
+    }
 }

@@ -10,9 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Entry;
-use super::cors::CorsRules;
 use super::diagnostic::{Diagnostic, PolicyError, Severity, sort};
-use super::scope::Scope;
 use crate::core::pattern::OriginPattern;
 
 /// Where each line of a text starts, to turn byte offsets into positions
@@ -40,14 +38,6 @@ impl<'t> LineIndex<'t> {
             u32::try_from(column).unwrap_or(u32::MAX),
         )
     }
-}
-
-/// The parts of a document that validated.
-pub(super) struct Parts<'i> {
-    pub(super) label: String,
-    pub(super) cors: Option<CorsRules>,
-    pub(super) scope: Option<Scope>,
-    pub(super) entries: Option<Vec<RawEntry<'i>>>,
 }
 
 /// An entry as the file writes it, before its pattern is parsed.
@@ -120,26 +110,6 @@ impl Reader<'_> {
                 ),
             };
             self.error_with_help(key.span().start, format!("unknown key `{name}`"), help);
-        }
-    }
-
-    pub(super) fn document<'i>(&mut self, root: &DeTable<'i>) -> Parts<'i> {
-        self.unknown_keys(root, "the file", &["label", "cors", "scope", "entries"]);
-        let label = match root.get("label") {
-            Some(v) => self.string(v, "label").unwrap_or_default(),
-            None => String::new(),
-        };
-        let empty = DeTable::new();
-        let cors = self.table(root.get("cors"), "cors").unwrap_or(&empty);
-        let cors = self.cors(cors);
-        let scope = self.table(root.get("scope"), "scope").unwrap_or(&empty);
-        let scope = self.scope(scope);
-        let entries = self.entries(root.get("entries"));
-        Parts {
-            label,
-            cors,
-            scope,
-            entries,
         }
     }
 
