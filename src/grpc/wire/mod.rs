@@ -67,7 +67,7 @@ struct Fields {
     /// one past the most the core reads, so that it refuses a longer list
     /// for its count; a message can hold tens of thousands of lines, which
     /// are not kept.
-    request_headers: ArrayVec<Span, { MAX_REQUEST_HEADER_LINES + 1 }>,
+    request_headers: Vec<Span>,
     /// Whether a line past those kept is not UTF-8 (refused, as prost does).
     dropped_line_not_text: bool,
     /// `scheme` (5) of the target.
@@ -199,8 +199,12 @@ impl Fields {
             2 => self.method = span,
             3 => self.request_method = Some(span),
             4 => {
-                if let Err(full) = self.request_headers.try_push(span) {
-                    let line = message.get(range(&full.element())).unwrap_or_default();
+                // A vector, not an inline array: the call is moved several
+                // times before it is handled, and most carry no line.
+                if self.request_headers.len() <= MAX_REQUEST_HEADER_LINES {
+                    self.request_headers.push(span);
+                } else {
+                    let line = message.get(range(&span)).unwrap_or_default();
                     self.dropped_line_not_text |= std::str::from_utf8(line).is_err();
                 }
             }
