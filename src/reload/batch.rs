@@ -63,7 +63,9 @@ pub(super) async fn batch(state: DirState, change: Change, store: &Arc<PolicySto
     let since = change.since.map_or_else(Instant::now, tokio::time::Instant::into_std);
     let change_rescan = change.rescan;
     let tenants = store.tenants_full();
-    let kept = state.clone();
+    // Should the batch panic, the state is rebuilt rather than kept: with
+    // no fingerprints, the next look reads every file again.
+    let (dir, warned) = (state.dir.clone(), state.warned.clone());
     let work = tokio::task::spawn_blocking(move || {
         let surveying = Instant::now();
         let survey = survey_stable(&state, &change, &tenants);
@@ -79,9 +81,13 @@ pub(super) async fn batch(state: DirState, change: Change, store: &Arc<PolicySto
     })
     .await;
     let Ok((mut state, survey)) = work else {
-        error!(dir = %kept.dir.display(), "a policy directory batch failed; the policies in force stay");
+        error!(dir = %dir.display(), "a policy directory batch failed; the policies in force stay");
         store.reload_stats().count_batch(BatchResult::Failed, since.elapsed());
-        return kept;
+        return DirState {
+            dir,
+            seen: HashMap::new(),
+            warned,
+        };
     };
     let (survey, compiled) = match survey {
         Ok(done) => done,
