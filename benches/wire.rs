@@ -12,11 +12,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use corsd::grpc::Store;
 use corsd::grpc::cors_policy::CorsPolicyService;
 use corsd::grpc::ext_authz::AuthorizationService;
 use corsd::grpc::stubs::authorization_server::Authorization;
 use corsd::grpc::stubs::cors_policy_server::CorsPolicy;
-use corsd::store::PolicyStore;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use tonic_health::pb::HealthCheckRequest;
@@ -50,7 +50,7 @@ fn call<Req: Message + Default, Resp: Message>(
 
 fn calls(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let store = PolicyStore::for_test(&policy_text(10_000)).unwrap();
+    let store = Store::for_test(&policy_text(10_000)).unwrap();
     let cors = CorsPolicyService::new(store.clone());
     let authz = AuthorizationService::new(store);
     let reporter = tonic_health::server::HealthReporter::new();

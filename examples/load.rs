@@ -648,7 +648,7 @@ async fn fixed_rate(channels: &[Channel], kind: Kind, rate: u64, secs: f64, work
 /// The handlers' own time: from a request's bytes to its answer's bytes, in
 /// this process, without transport, one call at a time.
 fn handler_times(policy: &str, work: &Workload, calls: usize) -> (Histogram<u64>, Histogram<u64>) {
-    let store = corsd::store::PolicyStore::for_test(policy).unwrap();
+    let store = corsd::grpc::Store::for_test(policy).unwrap();
     let cors = corsd::grpc::cors_policy::CorsPolicyService::new(store.clone());
     let authz = corsd::grpc::ext_authz::AuthorizationService::new(store);
     let mut h_cors = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();

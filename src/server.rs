@@ -19,10 +19,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::core::Policy;
 use crate::grpc;
+use crate::grpc::Store;
 use crate::memory::release_freed_memory;
 use crate::observe::{self, metrics::Metrics};
 use crate::reload;
-use crate::store::PolicyStore;
 use crate::watch::Fingerprint;
 
 /// Where the policies come from, each already loaded and valid.
@@ -108,13 +108,13 @@ pub fn init_tracing(format: LogFormat) {
 async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     let mut termination = Termination::listen();
     let (source, store, known) = match policies {
-        Policies::File(path, policy) => (path, PolicyStore::new(*policy), None),
+        Policies::File(path, policy) => (path, Store::new(*policy), None),
         Policies::Dir(dir, tenants) => {
             let known = tenants
                 .iter()
                 .map(|(name, _, _, print)| (name.clone(), print.clone()))
                 .collect();
-            let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
+            let store = Store::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
             (dir, store, Some(known))
         }
     };

@@ -4,19 +4,31 @@
 //! and never waits for a reload. Reloaders are the only writers; a change to
 //! one tenant swaps in a new set that shares every other tenant's snapshot.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 
 use crate::core::{Policy, Reason, TenantSet};
 
+/// What a shell derives from one snapshot alone, built when the snapshot
+/// is swapped in and gone with it (the gRPC API keeps the parts of its
+/// answers that are the same for every request, `grpc::cors_policy`).
+pub trait Prepare: Send + Sync + Sized + 'static {
+    /// The payload for `policy`, in force for `tenant`.
+    fn prepare(tenant: &str, policy: &Policy) -> Self;
+}
+
+/// No payload.
+impl Prepare for () {
+    fn prepare(_: &str, _: &Policy) -> Self {}
+}
+
 /// A compiled policy, whose tenant it is, and when it came into force.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Snapshot<P = ()> {
     /// The tenant's name; `""` in single mode.
     pub tenant: Arc<str>,
     /// The policy.
@@ -26,10 +38,8 @@ pub struct Snapshot {
     /// The tenant's decision counts (`--metrics-per-tenant`), carried from
     /// each version of its policy to the next.
     pub counts: Arc<DecisionCounts>,
-    /// What a shell derives from this snapshot alone, made on first use and
-    /// gone with the snapshot: the gRPC API keeps the parts of its answers
-    /// that are the same for every request here (`grpc::cors_policy`).
-    pub prepared: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// The shell's payload, built at swap time ([`Prepare`]).
+    pub prepared: P,
 }
 
 /// Decisions counted by API (`corsd`, `ext_authz`) and by reason (in
@@ -56,7 +66,7 @@ impl DecisionCounts {
     }
 }
 
-impl AsRef<Policy> for Snapshot {
+impl<P> AsRef<Policy> for Snapshot<P> {
     fn as_ref(&self) -> &Policy {
         &self.policy
     }
@@ -191,8 +201,8 @@ impl ReloadStats {
 
 /// The tenants in force and the state of their last reloads.
 #[derive(Debug)]
-pub struct PolicyStore {
-    tenants: ArcSwap<TenantSet<Snapshot>>,
+pub struct PolicyStore<P = ()> {
+    tenants: ArcSwap<TenantSet<Snapshot<P>>>,
     /// Serialises writers, so no swap is lost between a load and a store.
     writer: Mutex<()>,
     /// Why a tenant's file on disk is not its policy in force. Read by admin
@@ -206,12 +216,13 @@ pub struct PolicyStore {
     /// Each tenant's decision counts, kept when its file goes, so a tenant
     /// removed and added again counts on from where it was.
     counts: Mutex<HashMap<String, Arc<DecisionCounts>>>,
-    /// Counts swaps, for those who push each new policy on (ECDS).
-    swaps: tokio::sync::watch::Sender<u64>,
+    /// The set's revision: how many swaps it has seen. Followers (any
+    /// shell that pushes each new set on) wait for it to change.
+    revision: tokio::sync::watch::Sender<u64>,
     reload_stats: ReloadStats,
 }
 
-impl PolicyStore {
+impl<P: Prepare> PolicyStore<P> {
     /// Single mode (`--policy FILE`): one tenant, named `""`, in force.
     pub fn new(policy: Policy) -> Arc<Self> {
         let snapshot = Arc::new(snapshot("", policy));
@@ -227,7 +238,7 @@ impl PolicyStore {
         Arc::new(PolicyStore::from_set(set, false))
     }
 
-    fn from_set(set: TenantSet<Snapshot>, single: bool) -> Self {
+    fn from_set(set: TenantSet<Snapshot<P>>, single: bool) -> Self {
         let counts = set
             .sorted()
             .into_iter()
@@ -241,14 +252,14 @@ impl PolicyStore {
             reloads: Default::default(),
             last_swap_unix_ms: AtomicI64::new(now_unix_ms()),
             counts: Mutex::new(counts),
-            swaps: tokio::sync::watch::Sender::new(0),
+            revision: tokio::sync::watch::Sender::new(0),
             reload_stats: ReloadStats::default(),
         }
     }
 
-    /// Sees every swap from now on (the count of swaps changes).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.swaps.subscribe()
+    /// Follows the set's revision: it changes with every swap from now on.
+    pub fn follow(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     /// A single-mode store holding the policy `text`, for tests.
@@ -262,23 +273,23 @@ impl PolicyStore {
     }
 
     /// The tenants in force; cheap, lock-free, never waits.
-    pub fn tenants(&self) -> Guard<Arc<TenantSet<Snapshot>>> {
+    pub fn tenants(&self) -> Guard<Arc<TenantSet<Snapshot<P>>>> {
         self.tenants.load()
     }
 
     /// The tenants in force, as an owned handle (for long-lived use).
-    pub fn tenants_full(&self) -> Arc<TenantSet<Snapshot>> {
+    pub fn tenants_full(&self) -> Arc<TenantSet<Snapshot<P>>> {
         self.tenants.load_full()
     }
 
     /// One tenant's snapshot in force.
-    pub fn tenant(&self, name: &str) -> Option<Arc<Snapshot>> {
+    pub fn tenant(&self, name: &str) -> Option<Arc<Snapshot<P>>> {
         self.tenants.load().get(name).cloned()
     }
 
     /// Single mode's snapshot in force (tenant `""`); `None` in a directory
     /// without a tenant of that name, which cannot exist.
-    pub fn load_full(&self) -> Option<Arc<Snapshot>> {
+    pub fn load_full(&self) -> Option<Arc<Snapshot<P>>> {
         self.tenant("")
     }
 
@@ -321,8 +332,8 @@ impl PolicyStore {
         if changes.is_empty() {
             return;
         }
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let changes: Vec<(Arc<str>, Option<Arc<Snapshot>>)> = changes
+        // Payloads are prepared before the writer's lock is taken.
+        let changes: Vec<Change<P>> = changes
             .into_iter()
             .map(|(name, policy)| {
                 let snapshot = policy.map(|p| {
@@ -333,6 +344,7 @@ impl PolicyStore {
                 (Arc::from(name), snapshot)
             })
             .collect();
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let names: Vec<Arc<str>> = changes.iter().map(|(name, _)| Arc::clone(name)).collect();
         let next = self.tenants.load().with_all(changes);
         self.tenants.store(Arc::new(next));
@@ -342,7 +354,7 @@ impl PolicyStore {
             errors.remove(&**name);
         }
         drop(errors);
-        self.swaps.send_modify(|count| *count += 1);
+        self.revision.send_modify(|count| *count += 1);
     }
 
     /// The reloaders' own counts: batches, rescans, restarts.
@@ -380,13 +392,16 @@ impl PolicyStore {
     }
 }
 
-fn snapshot(name: &str, policy: Policy) -> Snapshot {
+/// A tenant's new snapshot in a batch; `None`: the tenant is removed.
+type Change<P> = (Arc<str>, Option<Arc<Snapshot<P>>>);
+
+fn snapshot<P: Prepare>(name: &str, policy: Policy) -> Snapshot<P> {
     Snapshot {
         tenant: Arc::from(name),
+        prepared: P::prepare(name, &policy),
         policy,
         loaded_at_unix_ms: now_unix_ms(),
         counts: Arc::default(),
-        prepared: OnceLock::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::validate::{load, load_dir};
 use crate::core::{Decision, Request, TenantDecision, Verdict, decide_for};
-use crate::store::PolicyStore;
+use crate::grpc::Store;
 
 /// Flags of `corsd check`.
 #[derive(Debug, clap::Args)]
@@ -57,11 +57,11 @@ pub(super) struct CheckArgs {
 pub(super) fn run(args: &CheckArgs) -> ExitCode {
     let store = match (&args.policy, &args.policy_dir) {
         (Some(path), _) => match load(path) {
-            Ok(compiled) => PolicyStore::new(compiled.policy),
+            Ok(compiled) => Store::new(compiled.policy),
             Err(_) => return ExitCode::from(2),
         },
         (None, Some(dir)) => match load_dir(dir) {
-            Ok(tenants) => PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy))),
+            Ok(tenants) => Store::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy))),
             Err(_) => return ExitCode::from(2),
         },
         (None, None) => return ExitCode::from(2),

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 
 use crate::core::Policy;
-use crate::core::native::envoy_config;
+use crate::native::envoy::envoy_config;
 use crate::native::envoy_config_json;
 
 /// Flags of `corsd envoy-config`.

@@ -1,10 +1,10 @@
-//! Native mode (DESIGN.md section 13): a policy compiled into Envoy's own
-//! filters, so Envoy decides in-process. Pure: a [`Policy`] in, `envoy-types`
-//! messages out; the shell writes them as JSON or YAML and serves them over
-//! ECDS.
+//! Native mode (DESIGN.md section 13): what a gateway must test to decide as
+//! corsd does, in-process. Pure: a [`Policy`] in, a [`NativePlan`] of plain
+//! strings out; the shell (`crate::native`) turns the plan into Envoy's RBAC
+//! and CORS filters, writes them as JSON or YAML and serves them over ECDS.
 //!
-//! The RBAC filter allows a request when its `origin` header is
-//! - a key of an `exact_match_map`: every exact entry, and the `https://`
+//! A request is allowed when its `origin` header is
+//! - one of the plan's exact origins: every exact entry, and the `https://`
 //!   origin of every scope host (browsers' own same-origin requests);
 //! - else, matched by one RE2 expression generated from the wildcard
 //!   entries, accepting exactly what corsd's label rules accept below each
@@ -14,48 +14,16 @@
 //! - else, absent (not a CORS request).
 //!
 //! Everything else is denied with 403. Requests outside the policy's
-//! `[scope]` hosts (and, over ECDS, paths) pass untouched. The CORS filter after it echoes any
-//! origin that reaches it (by its scheme's prefix), with the policy's
-//! `[cors]` settings.
+//! `[scope]` hosts (and paths) pass untouched. The allowed origin is echoed
+//! with the policy's `[cors]` settings.
 
 use std::collections::BTreeMap;
-
-use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLogFilter, ComparisonFilter, StatusCodeFilter, access_log_filter, comparison_filter,
-};
-use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, RuntimeUInt32, SubstitutionFormatString, TypedExtensionConfig, data_source, substitution_format_string,
-};
-use envoy_types::pb::envoy::config::rbac::v3::{Action, rbac};
-use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRoute};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, LocalReplyConfig, ResponseMapper, http_filter,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3 as envoy_matcher;
-use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
-use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
-use envoy_types::pb::xds::core::v3::TypedExtensionConfig as XdsExtension;
-use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::predicate::{
-    MatchType, PredicateList, SinglePredicate, single_predicate,
-};
-use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::{FieldMatcher, Predicate};
-use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::{MatchMap, TreeType};
-use envoy_types::pb::xds::r#type::matcher::v3::matcher::{MatcherList, MatcherTree, MatcherType, OnMatch, on_match};
-use envoy_types::pb::xds::r#type::matcher::v3::{Matcher, RegexMatcher, StringMatcher, regex_matcher, string_matcher};
-use envoy_types::util::pack_any;
 
 use super::origin::{MAX_HOST_LEN, MAX_LABEL_LEN};
 use super::pattern::PatternKind;
 use super::policy::Policy;
 
-/// The RBAC filter's name, and the ECDS resource of single mode.
-pub const RBAC_FILTER: &str = "corsd-rbac";
-
-/// The CORS filter's name.
-pub const CORS_FILTER: &str = "envoy.filters.http.cors";
-
-/// The body of Envoy's 403, as corsd's own ext_authz 403 names the reason.
+/// The body of a native-mode 403.
 pub const DENIED_BODY: &str = "CORS request denied: origin_not_allowed\n";
 
 /// A label below a wildcard's base, as a browser serialises one: lowercase
@@ -63,140 +31,82 @@ pub const DENIED_BODY: &str = "CORS request denied: origin_not_allowed\n";
 /// [`long_label_regex`]).
 const LABEL: &str = "[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?";
 
-/// The RBAC filter's name for `tenant` (`""`: single mode): `corsd-rbac`, or
-/// `corsd-rbac/NAME`.
-pub fn rbac_filter_name(tenant: &str) -> String {
-    if tenant.is_empty() {
-        RBAC_FILTER.to_owned()
-    } else {
-        format!("{RBAC_FILTER}/{tenant}")
-    }
+/// Every scheme an allowed origin can have, as the prefix it starts with.
+pub const ORIGIN_PREFIXES: [&str; 4] = ["https://", "http://", "chrome-extension://", "moz-extension://"];
+
+/// A policy's decision as tests on request headers, every expression RE2
+/// syntax matched against the whole value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativePlan {
+    /// `:authority` inside the scope's hosts (any case, with or without a
+    /// port and trailing dot); `None`: every host.
+    pub scope_authority: Option<String>,
+    /// The scope's path prefixes, matched at a segment boundary; empty:
+    /// every path.
+    pub scope_paths: Vec<String>,
+    /// `:path` under one of [`scope_paths`](Self::scope_paths), the query
+    /// aside; `None` when they are empty.
+    pub scope_path: Option<String>,
+    /// Origins allowed as they are, in file order, each once.
+    pub exact_origins: Vec<String>,
+    /// The wildcard entries' origins; `None` without wildcards. An origin
+    /// it matches is allowed only if it also passes [`long_label_regex`]'s
+    /// negation and [`host_length_regex`].
+    pub wildcard: Option<String>,
+    /// The answer's `[cors]` settings.
+    pub cors: NativeCors,
 }
 
-/// What an operator pastes into Envoy's configuration, field by field
-/// (`corsd envoy-config`).
-#[derive(Debug, Clone)]
-pub struct EnvoyConfig {
-    /// The HTTP connection manager's filters: RBAC, then CORS (the router is
-    /// the operator's).
-    pub http_filters: Vec<HttpFilter>,
-    /// The virtual host's per-filter config: the CORS policy (empty with
-    /// scope paths: then the routes carry it).
-    pub typed_per_filter_config: BTreeMap<String, Any>,
-    /// With scope paths: each path prefix's route config (match it with
-    /// `path_separated_prefix`): the RBAC per-route matcher and the CORS
-    /// policy.
-    pub routes_typed_per_filter_config: BTreeMap<String, BTreeMap<String, Any>>,
-    /// The 403 body.
-    pub local_reply_config: LocalReplyConfig,
+/// The CORS headers of an allowed answer, as header values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeCors {
+    /// `Access-Control-Allow-Methods` (`*`: any).
+    pub allow_methods: String,
+    /// `Access-Control-Allow-Headers` (`*`: any).
+    pub allow_headers: String,
+    /// `Access-Control-Expose-Headers` (empty: none).
+    pub expose_headers: String,
+    /// `Access-Control-Max-Age`, in seconds.
+    pub max_age: String,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// `Access-Control-Allow-Private-Network: true`.
+    pub allow_private_network: bool,
 }
 
-/// Compiles `policy` (of `tenant`, `""` in single mode) into Envoy's filters.
-pub fn envoy_config(policy: &Policy, tenant: &str) -> EnvoyConfig {
-    let rbac_name = rbac_filter_name(tenant);
-    let cors = pack_any(cors_policy(policy));
-    let paths = scope_paths(policy);
-    let (listener_rbac, typed_per_filter_config, routes) = if paths.is_empty() {
-        let vhost = BTreeMap::from([(CORS_FILTER.to_owned(), cors)]);
-        (scoped_rbac(policy, false), vhost, BTreeMap::new())
-    } else {
-        let per_route = pack_any(RbacPerRoute {
-            rbac: Some(scoped_rbac(policy, false)),
-        });
-        let routes = paths
-            .iter()
-            .map(|prefix| {
-                let configs = BTreeMap::from([
-                    (rbac_name.clone(), per_route.clone()),
-                    (CORS_FILTER.to_owned(), cors.clone()),
-                ]);
-                ((*prefix).to_owned(), configs)
-            })
-            .collect();
-        // The listener's RBAC lets everything through; the routes decide.
-        (Rbac::default(), BTreeMap::new(), routes)
-    };
-    EnvoyConfig {
-        http_filters: vec![
-            HttpFilter {
-                name: rbac_name,
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(listener_rbac))),
-                ..HttpFilter::default()
-            },
-            HttpFilter {
-                name: CORS_FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Cors::default()))),
-                ..HttpFilter::default()
-            },
-        ],
-        typed_per_filter_config,
-        routes_typed_per_filter_config: routes,
-        local_reply_config: local_reply_config(),
-    }
-}
-
-/// The RBAC filter served over ECDS (`corsd serve --xds`): the whole
-/// decision at the listener, the scope hosts and paths included, so that one
-/// swapped resource changes every route. Without scope paths it is the
-/// [`envoy_config`] listener filter's config.
-pub fn served_rbac(policy: &Policy) -> Rbac {
-    scoped_rbac(policy, true)
-}
-
-/// The decision by origin, applied only to requests inside the scope's
-/// hosts (and, with `paths`, its paths); others pass.
-fn scoped_rbac(policy: &Policy, paths: bool) -> Rbac {
-    let mut tests = Vec::new();
+/// Plans `policy`'s decision for a gateway.
+pub fn plan(policy: &Policy) -> NativePlan {
     let hosts: Vec<String> = policy.scope_hosts().map(regex_syntax::escape).collect();
-    if !hosts.is_empty() {
-        // As corsd compares hosts: any case, without port or trailing dot.
-        tests.push(single(
-            ":authority",
-            regex(format!("(?i:{})\\.?(?::[0-9]*)?", hosts.join("|"))),
-        ));
-    }
-    let prefixes = scope_paths(policy);
-    if paths && !prefixes.is_empty() {
-        let alternatives: Vec<String> = prefixes.iter().map(|p| regex_syntax::escape(p)).collect();
+    let scope_paths = scope_paths(policy);
+    let scope_path = (!scope_paths.is_empty()).then(|| {
+        let alternatives: Vec<String> = scope_paths.iter().map(|p| regex_syntax::escape(p)).collect();
         // A prefix matches at a segment boundary; the query is not the path's.
-        tests.push(single(
-            ":path",
-            regex(format!("(?:{})(?:[/?#]\\C*)?", alternatives.join("|"))),
-        ));
-    }
-    let in_scope = match tests.len() {
-        0 => return decision_rbac(policy),
-        1 => tests.remove(0),
-        _ => all_of(tests),
-    };
-    Rbac {
-        matcher: Some(Matcher {
-            matcher_type: Some(MatcherType::MatcherList(MatcherList {
-                matchers: vec![FieldMatcher {
-                    predicate: Some(in_scope),
-                    on_match: Some(OnMatch {
-                        keep_matching: false,
-                        on_match: Some(on_match::OnMatch::Matcher(Box::new(decision_matcher(policy)))),
-                    }),
-                }],
-            })),
-            on_no_match: Some(Box::new(action("out-of-scope", rbac::Action::Allow))),
-        }),
-        ..Rbac::default()
-    }
-}
-
-/// The ECDS resource for `tenant`: [`served_rbac`] under its filter name.
-pub fn served_extension(policy: &Policy, tenant: &str) -> TypedExtensionConfig {
-    TypedExtensionConfig {
-        name: rbac_filter_name(tenant),
-        typed_config: Some(pack_any(served_rbac(policy))),
+        format!("(?:{})(?:[/?#]\\C*)?", alternatives.join("|"))
+    });
+    let rules = &policy.cors;
+    NativePlan {
+        // As corsd compares hosts: any case, without port or trailing dot.
+        scope_authority: (!hosts.is_empty()).then(|| format!("(?i:{})\\.?(?::[0-9]*)?", hosts.join("|"))),
+        scope_path,
+        scope_paths,
+        exact_origins: exact_origins(policy),
+        wildcard: wildcard_regex(policy),
+        cors: NativeCors {
+            // With credentials corsd echoes the request for `*`; a gateway
+            // that cannot sends `*` itself.
+            allow_methods: rules.allow_methods_value.as_deref().unwrap_or("*").to_owned(),
+            allow_headers: rules.allow_headers_value.as_deref().unwrap_or("*").to_owned(),
+            expose_headers: rules.expose_headers_value.as_deref().unwrap_or_default().to_owned(),
+            max_age: rules.max_age_value.to_string(),
+            allow_credentials: rules.allow_credentials,
+            allow_private_network: rules.allow_private_network,
+        },
     }
 }
 
 /// The one RE2 expression the wildcard entries compile to, `None` without
 /// wildcards: per scheme and port, the bases below which any labels are
-/// accepted (Envoy matches the whole value).
+/// accepted.
 pub fn wildcard_regex(policy: &Policy) -> Option<String> {
     let mut groups: BTreeMap<(&str, Option<u16>), Vec<String>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -234,12 +144,12 @@ pub fn host_length_regex() -> String {
 
 /// The scope's path prefixes as routes match them; none when the policy
 /// covers every path (no paths, or `/`).
-fn scope_paths(policy: &Policy) -> Vec<&str> {
+fn scope_paths(policy: &Policy) -> Vec<String> {
     let paths = policy.scope_paths();
     if paths.iter().any(|p| p.is_empty()) {
         return Vec::new();
     }
-    paths.to_vec()
+    paths.into_iter().map(str::to_owned).collect()
 }
 
 /// The exact origins: every exact entry, and each scope host's own
@@ -259,174 +169,6 @@ pub fn exact_origins(policy: &Policy) -> Vec<String> {
         }
     }
     keys
-}
-
-/// The RBAC config that decides by origin alone.
-fn decision_rbac(policy: &Policy) -> Rbac {
-    Rbac {
-        matcher: Some(decision_matcher(policy)),
-        ..Rbac::default()
-    }
-}
-
-fn decision_matcher(policy: &Policy) -> Matcher {
-    let mut fallback = Vec::new();
-    if let Some(wildcards) = wildcard_regex(policy) {
-        fallback.push(FieldMatcher {
-            predicate: Some(all_of(vec![
-                single("origin", regex(wildcards)),
-                not(single("origin", regex(long_label_regex()))),
-                single("origin", regex(host_length_regex())),
-            ])),
-            on_match: Some(action("wildcard", rbac::Action::Allow)),
-        });
-    }
-    // An absent header makes any predicate on it false; `\C` is any byte,
-    // so a value that is not UTF-8 is present too (and denied).
-    fallback.push(FieldMatcher {
-        predicate: Some(not(single("origin", regex("\\C*".to_owned())))),
-        on_match: Some(action("no-origin", rbac::Action::Allow)),
-    });
-    let list = Matcher {
-        matcher_type: Some(MatcherType::MatcherList(MatcherList { matchers: fallback })),
-        on_no_match: Some(Box::new(action("denied", rbac::Action::Deny))),
-    };
-    let exact = exact_origins(policy);
-    if exact.is_empty() {
-        return list;
-    }
-    let allow = action("exact", rbac::Action::Allow);
-    Matcher {
-        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-            input: Some(header_input("origin")),
-            tree_type: Some(TreeType::ExactMatchMap(MatchMap {
-                map: exact.into_iter().map(|key| (key, allow.clone())).collect(),
-            })),
-        })),
-        // Not a key, or no header at all.
-        on_no_match: Some(Box::new(OnMatch {
-            keep_matching: false,
-            on_match: Some(on_match::OnMatch::Matcher(Box::new(list))),
-        })),
-    }
-}
-
-fn header_input(name: &str) -> XdsExtension {
-    XdsExtension {
-        name: name.trim_start_matches(':').to_owned(),
-        typed_config: Some(pack_any(HttpRequestHeaderMatchInput {
-            header_name: name.to_owned(),
-        })),
-    }
-}
-
-fn regex(expression: String) -> StringMatcher {
-    StringMatcher {
-        ignore_case: false,
-        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-            regex: expression,
-            engine_type: Some(regex_matcher::EngineType::GoogleRe2(regex_matcher::GoogleRe2 {})),
-        })),
-    }
-}
-
-fn single(header: &str, value: StringMatcher) -> Predicate {
-    Predicate {
-        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
-            input: Some(header_input(header)),
-            matcher: Some(single_predicate::Matcher::ValueMatch(value)),
-        })),
-    }
-}
-
-fn not(predicate: Predicate) -> Predicate {
-    Predicate {
-        match_type: Some(MatchType::NotMatcher(Box::new(predicate))),
-    }
-}
-
-fn all_of(predicates: Vec<Predicate>) -> Predicate {
-    Predicate {
-        match_type: Some(MatchType::AndMatcher(PredicateList { predicate: predicates })),
-    }
-}
-
-fn action(name: &str, verdict: rbac::Action) -> OnMatch {
-    OnMatch {
-        keep_matching: false,
-        on_match: Some(on_match::OnMatch::Action(XdsExtension {
-            name: name.to_owned(),
-            typed_config: Some(pack_any(Action {
-                name: name.to_owned(),
-                action: verdict as i32,
-            })),
-        })),
-    }
-}
-
-/// The CORS policy: echo any origin that reaches it (RBAC has decided),
-/// with the `[cors]` settings.
-fn cors_policy(policy: &Policy) -> CorsPolicy {
-    let rules = &policy.cors;
-    CorsPolicy {
-        // Every origin RBAC lets through starts with one of these: a
-        // prefix test, cheaper than a regex, and no regex size to raise.
-        allow_origin_string_match: ["https://", "http://", "chrome-extension://", "moz-extension://"]
-            .into_iter()
-            .map(|prefix| envoy_matcher::StringMatcher {
-                ignore_case: false,
-                match_pattern: Some(envoy_matcher::string_matcher::MatchPattern::Prefix(prefix.to_owned())),
-            })
-            .collect(),
-        // With credentials corsd echoes the request for `*`; Envoy cannot,
-        // and sends `*` itself.
-        allow_methods: rules.allow_methods_value.as_deref().unwrap_or("*").to_owned(),
-        allow_headers: rules.allow_headers_value.as_deref().unwrap_or("*").to_owned(),
-        expose_headers: rules.expose_headers_value.as_deref().unwrap_or_default().to_owned(),
-        max_age: rules.max_age_value.to_string(),
-        allow_credentials: Some(BoolValue {
-            value: rules.allow_credentials,
-        }),
-        allow_private_network_access: Some(BoolValue {
-            value: rules.allow_private_network,
-        }),
-        ..CorsPolicy::default()
-    }
-}
-
-/// RBAC's 403, with corsd's body. Local replies only: an upstream's own
-/// 403 is left alone.
-fn local_reply_config() -> LocalReplyConfig {
-    LocalReplyConfig {
-        mappers: vec![ResponseMapper {
-            filter: Some(AccessLogFilter {
-                filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
-                    comparison: Some(ComparisonFilter {
-                        op: comparison_filter::Op::Eq as i32,
-                        value: Some(RuntimeUInt32 {
-                            default_value: 403,
-                            runtime_key: "corsd.denied_status".to_owned(),
-                        }),
-                    }),
-                })),
-            }),
-            status_code: Some(UInt32Value { value: 403 }),
-            body: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(DENIED_BODY.to_owned())),
-                ..DataSource::default()
-            }),
-            body_format_override: Some(SubstitutionFormatString {
-                content_type: "text/plain; charset=utf-8".to_owned(),
-                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
-                    specifier: Some(data_source::Specifier::InlineString("%LOCAL_REPLY_BODY%".to_owned())),
-                    ..DataSource::default()
-                })),
-                ..SubstitutionFormatString::default()
-            }),
-            headers_to_add: Vec::new(),
-        }],
-        ..LocalReplyConfig::default()
-    }
 }
 
 #[cfg(test)]
@@ -462,26 +204,24 @@ mod tests {
     }
 
     #[test]
-    fn scope_hosts_are_exact_keys_and_paths_routes() {
+    fn scope_hosts_are_exact_origins_and_paths_prefixes() {
         let p = policy(
             "[scope]\nhosts = [\"api.example.com\"]\npaths = [\"/v1\", \"/v2/\"]\n\
              [[entries]]\norigin = \"https://app.example.org\"\n",
         );
+        let plan = plan(&p);
         assert_eq!(
-            exact_origins(&p),
+            plan.exact_origins,
             ["https://app.example.org", "https://api.example.com"]
         );
-        let config = envoy_config(&p, "acme");
-        assert_eq!(config.http_filters[0].name, "corsd-rbac/acme");
-        assert!(config.typed_per_filter_config.is_empty());
-        let prefixes: Vec<&str> = config
-            .routes_typed_per_filter_config
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(prefixes, ["/v1", "/v2"]);
-        // `/` covers every path: no routes then.
-        let all = policy("[scope]\npaths = [\"/\"]\n");
-        assert!(envoy_config(&all, "").routes_typed_per_filter_config.is_empty());
+        assert_eq!(plan.scope_paths, ["/v1", "/v2"]);
+        assert_eq!(plan.scope_path.as_deref(), Some("(?:/v1|/v2)(?:[/?#]\\C*)?"));
+        assert_eq!(
+            plan.scope_authority.as_deref(),
+            Some("(?i:api\\.example\\.com)\\.?(?::[0-9]*)?")
+        );
+        // `/` covers every path.
+        let all = super::plan(&policy("[scope]\npaths = [\"/\"]\n"));
+        assert!(all.scope_paths.is_empty() && all.scope_path.is_none());
     }
 }

@@ -10,11 +10,12 @@ use super::decision::DecisionPath;
 use super::pb;
 use super::stubs::cors_policy_server::CorsPolicy;
 use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_len, varint_len};
+use super::{Snapshot, Store};
 use crate::core::decide::{MAX_RESPONSE_HEADERS, allowed_actual_rest};
 use crate::core::origin::{RequestOrigin, parse_request_origin};
-use crate::core::{Decision, Reason, ResponseHeader, Verdict};
+use crate::core::{Decision, Policy, Reason, ResponseHeader, Verdict};
 use crate::observe::Api;
-use crate::store::{PolicyStore, Snapshot};
+use crate::store::Prepare;
 
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -30,7 +31,7 @@ pub struct CorsPolicyService {
 
 impl CorsPolicyService {
     /// A service answering from `store`.
-    pub fn new(store: Arc<PolicyStore>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         CorsPolicyService {
             path: DecisionPath::new(store),
             admin: AdminGate::open(),
@@ -149,17 +150,35 @@ pub fn encode_check_origin_from(
 ) -> Result<Encoded, Status> {
     let parts = snapshot
         .filter(|s| std::ptr::eq(decision.policy_version, s.policy.version()) && *s.tenant == *tenant)
-        .and_then(|s| {
-            let parts = s.prepared.get_or_init(|| Box::new(AnswerParts::of(s)));
-            parts.downcast_ref::<Option<AnswerParts>>().and_then(Option::as_ref)
-        });
+        .and_then(|s| s.prepared.answer.as_ref());
     encode(tenant, decision, parts)
 }
 
+/// What the gRPC API keeps with each snapshot, built when it is swapped in.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `None` when the parts did not encode (each answer is then written whole).
+    answer: Option<AnswerParts>,
+}
+
+impl Prepared {
+    /// Whether the answer parts were encoded (else each answer is whole).
+    pub fn has_answer_parts(&self) -> bool {
+        self.answer.is_some()
+    }
+}
+
+impl Prepare for Prepared {
+    fn prepare(tenant: &str, policy: &Policy) -> Self {
+        Prepared {
+            answer: AnswerParts::of(tenant, policy),
+        }
+    }
+}
+
 /// The fields of `CheckOriginResponse` that one snapshot writes the same
-/// into every answer, encoded once: nearly half of an allowed answer's bytes.
-/// A call that comes while another call encodes them waits for it (a few
-/// microseconds, once per snapshot).
+/// into every answer, encoded once, at swap time: nearly half of an allowed
+/// answer's bytes.
 #[derive(Debug)]
 pub struct AnswerParts {
     /// An allowed actual request's headers after its
@@ -172,16 +191,16 @@ pub struct AnswerParts {
 impl AnswerParts {
     /// The parts, or `None` (each answer then written whole) when they do
     /// not encode to the length summed.
-    fn of(snapshot: &Snapshot) -> Option<Self> {
+    fn of(tenant: &str, policy: &Policy) -> Option<Self> {
         use field::*;
-        let rest = allowed_actual_rest(&snapshot.policy);
+        let rest = allowed_actual_rest(policy);
         let rest = rest.iter().flatten();
         let len = rest.clone().map(|h| sub_len(RESPONSE_HEADERS, header_len(h))).sum();
         let mut allowed_rest = Writer::with_len(len);
         for h in rest {
             put_header(&mut allowed_rest, h, header_len(h));
         }
-        let (version, tenant) = (snapshot.policy.version(), &*snapshot.tenant);
+        let version = policy.version();
         let mut tail = Writer::with_len(str_len(POLICY_VERSION, version) + str_len(TENANT, tenant));
         tail.put_str(POLICY_VERSION, version);
         tail.put_str(TENANT, tenant);
@@ -379,7 +398,7 @@ impl CorsPolicy for CorsPolicyService {
 const TENANT_TOKEN: &str = "after:";
 
 /// A tenant's policy in force and the state of its file.
-fn policy_info(store: &PolicyStore, snapshot: &Snapshot) -> pb::PolicyInfo {
+fn policy_info(store: &Store, snapshot: &Snapshot) -> pb::PolicyInfo {
     let policy = &snapshot.policy;
     pb::PolicyInfo {
         version: policy.version().to_owned(),

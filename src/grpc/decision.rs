@@ -6,24 +6,24 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::{Snapshot, Store};
 use crate::core::Verdict;
 use crate::core::{Decision, Request, TenantDecision, decide_for};
 use crate::observe::denials::DenialLog;
 use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
-use crate::store::{PolicyStore, Snapshot};
 
 /// Decides requests with the policy in force.
 #[derive(Debug, Clone)]
 pub struct DecisionPath {
-    store: Arc<PolicyStore>,
+    store: Arc<Store>,
     metrics: Option<Arc<DecisionMetrics>>,
     denials: Option<Arc<DenialLog>>,
 }
 
 impl DecisionPath {
     /// A path deciding with `store`, counting nothing.
-    pub fn new(store: Arc<PolicyStore>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         DecisionPath {
             store,
             metrics: None,
@@ -32,7 +32,7 @@ impl DecisionPath {
     }
 
     /// A path deciding with `store` and counting into `metrics`.
-    pub fn with_metrics(store: Arc<PolicyStore>, metrics: Option<Arc<DecisionMetrics>>) -> Self {
+    pub fn with_metrics(store: Arc<Store>, metrics: Option<Arc<DecisionMetrics>>) -> Self {
         DecisionPath {
             store,
             metrics,
@@ -47,7 +47,7 @@ impl DecisionPath {
     }
 
     /// The store decided with.
-    pub fn store(&self) -> &Arc<PolicyStore> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

@@ -11,12 +11,12 @@ use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStat
 use envoy_types::ext_authz::v3::{CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Code, Request, Response, Status};
 
+use super::Store;
 use super::decision::DecisionPath;
 use super::stubs::authorization_server::Authorization;
 use super::wire::{AuthzCall, AuthzHttp, Encoded, HeaderLines, Writer, str_len, strs_len, sub_len, text, varint_len};
 use crate::core::{Answer, Decision, Reason};
 use crate::observe::Api;
-use crate::store::PolicyStore;
 /// Stands in for a value that is not text: no CORS header accepts it.
 const NOT_TEXT: &str = "\u{0}";
 
@@ -54,7 +54,7 @@ pub struct AuthorizationService {
 
 impl AuthorizationService {
     /// A service answering from `store`.
-    pub fn new(store: Arc<PolicyStore>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         AuthorizationService::on_path(DecisionPath::new(store))
     }
 

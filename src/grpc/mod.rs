@@ -21,6 +21,13 @@ use tonic_health::server::HealthReporter;
 
 use crate::listen;
 use crate::store::PolicyStore;
+
+/// The policies in force as the gRPC API keeps them: each snapshot with its
+/// prepared answer parts.
+pub type Store = PolicyStore<cors_policy::Prepared>;
+
+/// One tenant's policy in force, as [`Store`] holds it.
+pub type Snapshot = crate::store::Snapshot<cors_policy::Prepared>;
 use decision::DecisionPath;
 
 /// Code generated from `proto/corsd/v1/corsd.proto`.
@@ -113,7 +120,7 @@ pub type Health<H> = (HealthReporter, tonic_health::pb::health_server::HealthSer
 /// connection gets `TCP_NODELAY` and keepalive ([`listen::accept`]).
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<PolicyStore>,
+    store: Arc<Store>,
     health: Health<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -1,7 +1,7 @@
 //! `corsd serve --xds` (DESIGN.md section 13): Envoy's Extension Config
 //! Discovery Service on corsd's own port, state of the world over a stream.
 //! The resources are the RBAC filters native mode compiles
-//! ([`crate::core::native::served_extension`]): `corsd-rbac` in single mode,
+//! ([`crate::native::envoy::served_extension`]): `corsd-rbac` in single mode,
 //! `corsd-rbac/NAME` for each tenant of a directory.
 //!
 //! A stream sends what Envoy asks for at once, and again after every swap
@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use super::admin::AdminGate;
-use crate::core::native::{RBAC_FILTER, served_extension};
-use crate::store::{PolicyStore, Snapshot};
+use super::{Snapshot, Store};
+use crate::native::envoy::{RBAC_FILTER, served_extension};
 
 /// The type of every resource served.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
@@ -31,7 +31,7 @@ pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtens
 /// ECDS over the policies in `store`.
 #[derive(Debug, Clone)]
 pub struct ExtensionConfigs {
-    store: Arc<PolicyStore>,
+    store: Arc<Store>,
     admin: AdminGate,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -41,7 +41,7 @@ impl ExtensionConfigs {
     /// filters hold the whole allowlist, as `ListEntries` does); streams end
     /// with UNAVAILABLE once `stopping` turns true, so Envoy moves on to
     /// another replica.
-    pub fn new(store: Arc<PolicyStore>, admin: AdminGate, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(store: Arc<Store>, admin: AdminGate, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         ExtensionConfigs { store, admin, stopping }
     }
 
@@ -116,7 +116,7 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
         let service = self.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let mut swaps = service.store.subscribe();
+            let mut swaps = service.store.follow();
             let mut wanted: Option<Vec<String>> = None;
             let mut sent_version: Option<String> = None;
             let mut nonce = 0u64;

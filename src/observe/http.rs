@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::metrics::{CONTENT_TYPE, Metrics};
+use crate::store::Prepare;
 
 /// Connections the metrics port keeps open at once; Prometheus needs one.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -33,9 +34,9 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the metrics listener on a thread and runtime of its own, so its
 /// clients never take a gRPC worker's time.
-pub fn serve_apart(
+pub fn serve_apart<P: Prepare>(
     listener: std::net::TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Metrics<P>>,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -55,7 +56,7 @@ pub fn serve_apart(
 
 /// Serves the metrics listener until the process ends. `ready` says whether
 /// health is SERVING.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+pub async fn serve<P: Prepare>(listener: TcpListener, metrics: Arc<Metrics<P>>, ready: Arc<AtomicBool>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -91,7 +92,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
     }
 }
 
-async fn answer(request: &Request<Incoming>, metrics: Arc<Metrics>, ready: &AtomicBool) -> Response<Full<Bytes>> {
+async fn answer<P: Prepare>(
+    request: &Request<Incoming>,
+    metrics: Arc<Metrics<P>>,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -111,7 +116,7 @@ async fn answer(request: &Request<Incoming>, metrics: Arc<Metrics>, ready: &Atom
 }
 
 /// The exposition, gathered on the blocking pool.
-async fn encode(metrics: Arc<Metrics>, ready: bool) -> Option<String> {
+async fn encode<P: Prepare>(metrics: Arc<Metrics<P>>, ready: bool) -> Option<String> {
     tokio::task::spawn_blocking(move || metrics.encode(ready).ok())
         .await
         .ok()

@@ -17,7 +17,7 @@ use prometheus::{
 
 use super::Api;
 use crate::core::Reason;
-use crate::store::{BATCH_BUCKETS, BatchResult, DecisionCounts, PolicyStore, ReloadResult};
+use crate::store::{BATCH_BUCKETS, BatchResult, DecisionCounts, PolicyStore, Prepare, ReloadResult};
 use crate::tls::TlsConfig;
 
 /// Upper bounds of the duration buckets, in seconds: 1 us to 10 ms.
@@ -57,9 +57,9 @@ impl DecisionMetrics {
 
 /// Every metric corsd serves, and the registry that gathers them.
 #[derive(Debug)]
-pub struct Metrics {
+pub struct Metrics<P = ()> {
     registry: Registry,
-    store: Arc<PolicyStore>,
+    store: Arc<PolicyStore<P>>,
     decisions: Arc<DecisionMetrics>,
     tenants: IntGauge,
     entries: IntGauge,
@@ -84,12 +84,12 @@ pub struct Metrics {
 /// Why the metrics could not be set up: a name or label the registry refused.
 pub type MetricsError = prometheus::Error;
 
-impl Metrics {
+impl<P: Prepare> Metrics<P> {
     /// Registers every metric; `store` is read at each scrape. With
     /// `per_tenant`, decisions carry a `tenant` label (`""` when no tenant's
     /// policy decided); mind the cardinality: one series per tenant, API and
     /// reason that occurred.
-    pub fn new(store: Arc<PolicyStore>, per_tenant: bool) -> Result<Self, MetricsError> {
+    pub fn new(store: Arc<PolicyStore<P>>, per_tenant: bool) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let labels: &[&str] = if per_tenant {
             &["api", "verdict", "reason", "tenant"]
@@ -288,7 +288,7 @@ impl Metrics {
 }
 
 /// `corsd_policy_reload_batch_seconds`, from the reloaders' bucket counts.
-fn batch_seconds(store: &PolicyStore) -> prometheus::proto::MetricFamily {
+fn batch_seconds<P: Prepare>(store: &PolicyStore<P>) -> prometheus::proto::MetricFamily {
     use prometheus::proto::{Bucket, Histogram as Proto, Metric, MetricFamily, MetricType};
     let (counts, sum) = store.reload_stats().batch_times();
     let mut cumulative = 0;

@@ -14,7 +14,7 @@ use super::MAX_REVISION_RETRIES;
 use crate::core::{Policy, TenantSet};
 use crate::memory::release_freed_memory;
 use crate::policy_file::{self, Outcome};
-use crate::store::{BatchResult, PolicyStore, ReloadResult, Snapshot};
+use crate::store::{BatchResult, PolicyStore, Prepare, ReloadResult, Snapshot};
 use crate::watch::{self, Change, Fingerprint, Layout};
 
 /// What a directory's reloader remembers between batches.
@@ -59,7 +59,7 @@ struct Survey {
 
 /// Reads one settled change of the directory and puts it in force with one
 /// swap. Returns the state for the next batch.
-pub(super) async fn batch(state: DirState, change: Change, store: &Arc<PolicyStore>) -> DirState {
+pub(super) async fn batch<P: Prepare>(state: DirState, change: Change, store: &Arc<PolicyStore<P>>) -> DirState {
     let since = change.since.map_or_else(Instant::now, tokio::time::Instant::into_std);
     let change_rescan = change.rescan;
     let tenants = store.tenants_full();
@@ -113,7 +113,11 @@ pub(super) async fn batch(state: DirState, change: Change, store: &Arc<PolicySto
 }
 
 /// Surveys the change, again while the directory's revision moves under it.
-fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> io::Result<Survey> {
+fn survey_stable<P: Prepare>(
+    state: &DirState,
+    change: &Change,
+    tenants: &TenantSet<Snapshot<P>>,
+) -> io::Result<Survey> {
     let mut tries = 0;
     loop {
         let before = Layout::of(&state.dir);
@@ -163,12 +167,12 @@ fn survey_stable(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot
 }
 
 /// The second read of a changed file, as a [`Found`].
-fn settled_found(
+fn settled_found<P: Prepare>(
     name: &str,
     path: &Path,
     print: &Fingerprint,
     read: io::Result<(Vec<u8>, Fingerprint)>,
-    tenants: &TenantSet<Snapshot>,
+    tenants: &TenantSet<Snapshot<P>>,
 ) -> Found {
     match read {
         Ok((bytes, print)) => {
@@ -188,7 +192,7 @@ fn settled_found(
 /// Looks at the files the change may have touched (every tenant file on a
 /// rescan), reading only those whose metadata moved (all of them when
 /// forced). Blocking.
-fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> io::Result<Survey> {
+fn survey<P: Prepare>(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot<P>>) -> io::Result<Survey> {
     let dir = &state.dir;
     let mut survey = Survey {
         rescanned: change.rescan && !change.routine,
@@ -244,7 +248,13 @@ fn survey(state: &DirState, change: &Change, tenants: &TenantSet<Snapshot>) -> i
 }
 
 /// One tenant file: `None` when its metadata says it is as last read.
-fn look_at(name: &str, path: &Path, state: &DirState, forced: bool, tenants: &TenantSet<Snapshot>) -> Option<Found> {
+fn look_at<P: Prepare>(
+    name: &str,
+    path: &Path,
+    state: &DirState,
+    forced: bool,
+    tenants: &TenantSet<Snapshot<P>>,
+) -> Option<Found> {
     let path = path.to_path_buf();
     let print = Fingerprint::of(&path);
     if !forced && state.seen.get(name).and_then(Option::as_ref) == Some(&print) {
@@ -346,7 +356,13 @@ fn compile_changed(found: &[Found], dir: &Path) -> Vec<Outcome> {
 
 /// Puts a surveyed batch in force: one swap for every valid change and
 /// removal, the last good policy kept (and why) for every other file.
-async fn apply(state: &mut DirState, survey: Survey, compiled: Vec<Outcome>, store: &PolicyStore, since: Instant) {
+async fn apply<P: Prepare>(
+    state: &mut DirState,
+    survey: Survey,
+    compiled: Vec<Outcome>,
+    store: &PolicyStore<P>,
+    since: Instant,
+) {
     for name in survey.misnamed {
         if state.warned.insert(name.clone()) {
             warn!("{}", policy_file::misnamed_message(&state.dir, &name));

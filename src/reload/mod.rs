@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::core::Policy;
 use crate::memory::release_freed_memory;
 use crate::policy_file::{self, Outcome};
-use crate::store::{PolicyStore, ReloadResult};
+use crate::store::{PolicyStore, Prepare, ReloadResult};
 use crate::watch::{self, Change, Fingerprint, Watch};
 
 mod batch;
@@ -67,7 +67,11 @@ impl ReloadHandle {
 }
 
 /// Runs the reloader `start` makes, again whenever it ends.
-fn supervise<F, Fut>(what: String, store: Arc<PolicyStore>, mut start: F) -> (ReloadHandle, JoinHandle<()>)
+fn supervise<P: Prepare, F, Fut>(
+    what: String,
+    store: Arc<PolicyStore<P>>,
+    mut start: F,
+) -> (ReloadHandle, JoinHandle<()>)
 where
     F: FnMut(Arc<Notify>, bool) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -103,7 +107,7 @@ where
 
 /// Starts following the policy file `path`, swapping each valid new version
 /// into `store`. Must be called within a tokio runtime.
-pub fn spawn(path: PathBuf, store: Arc<PolicyStore>) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
+pub fn spawn<P: Prepare>(path: PathBuf, store: Arc<PolicyStore<P>>) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
     // Fails here, not in the supervisor, when the file cannot be watched.
     drop(Watch::files(vec![path.clone()], Arc::new(Notify::new()))?);
     let what = path.display().to_string();
@@ -132,7 +136,7 @@ pub fn spawn(path: PathBuf, store: Arc<PolicyStore>) -> io::Result<(ReloadHandle
 /// Reads, compiles and swaps in the file at `path` as tenant `tenant`'s
 /// policy (`""` in single mode), or records why not. A tenant with no policy
 /// in force yet is added by a valid file.
-pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
+pub async fn reload<P: Prepare>(path: &Path, tenant: &str, store: &PolicyStore<P>) {
     let started = Instant::now();
     let shown = path.display().to_string();
     let in_force = store.tenant(tenant);
@@ -230,10 +234,10 @@ pub async fn reload(path: &Path, tenant: &str, store: &PolicyStore) {
 /// batch, swapped in at once. `known` holds the tenant files loaded at
 /// start-up; each is read once by a first rescan. Must be called within a
 /// tokio runtime.
-pub fn spawn_dir(
+pub fn spawn_dir<P: Prepare>(
     dir: PathBuf,
     known: Vec<(String, PathBuf)>,
-    store: Arc<PolicyStore>,
+    store: Arc<PolicyStore<P>>,
 ) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
     let seen = known.into_iter().map(|(name, _)| (name, None)).collect();
     spawn_dir_seen(dir, seen, store)
@@ -241,19 +245,19 @@ pub fn spawn_dir(
 
 /// [`spawn_dir`] with the fingerprint of each file as start-up read it, so
 /// only files changed since are read again.
-pub fn spawn_dir_from(
+pub fn spawn_dir_from<P: Prepare>(
     dir: PathBuf,
     known: Vec<(String, Fingerprint)>,
-    store: Arc<PolicyStore>,
+    store: Arc<PolicyStore<P>>,
 ) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
     let seen = known.into_iter().map(|(name, print)| (name, Some(print))).collect();
     spawn_dir_seen(dir, seen, store)
 }
 
-fn spawn_dir_seen(
+fn spawn_dir_seen<P: Prepare>(
     dir: PathBuf,
     seen: HashMap<String, Option<Fingerprint>>,
-    store: Arc<PolicyStore>,
+    store: Arc<PolicyStore<P>>,
 ) -> io::Result<(ReloadHandle, JoinHandle<()>)> {
     drop(Watch::dir(dir.clone(), Arc::new(Notify::new()))?);
     // Start-up already warned of these.

@@ -295,7 +295,7 @@ fn case_request(r: &crate::common::Resolved) -> Option<String> {
 async fn envoy_replays_the_decision_table() {
     let Some(binary) = envoy_binary() else { return };
     let policies = crate::common::policies();
-    let corsd = TestServer::start(corsd::store::PolicyStore::for_test(&policies["main"]).unwrap()).await;
+    let corsd = TestServer::start(corsd::grpc::Store::for_test(&policies["main"]).unwrap()).await;
     let upstream = start_upstream().await;
     let envoy = Envoy::start(&binary, corsd.addr, upstream).await;
     let mut failures = Vec::new();

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use corsd::core::origin::parse_request_origin;
 use corsd::core::{OriginPattern, Policy};
+use corsd::grpc::Store;
 use corsd::grpc::cors_policy::CorsPolicyService;
 use corsd::grpc::ext_authz::AuthorizationService;
 use corsd::grpc::pb::CheckOriginResponse;
 use corsd::grpc::wire::{AuthzCall, CheckOriginCall};
-use corsd::store::PolicyStore;
 use envoy_types::ext_authz::v3::pb::CheckResponse;
 use prost::Message;
 
@@ -49,7 +49,7 @@ fn fuzz_regressions_stay_fixed() {
         println!("{name}");
         let _ = Policy::compile("regression.toml", &bytes);
     }
-    let store = PolicyStore::for_test("[[entries]]\norigin = \"https://*.example.com\"\n").unwrap();
+    let store = Store::for_test("[[entries]]\norigin = \"https://*.example.com\"\n").unwrap();
     let (cors, authz) = (CorsPolicyService::new(store.clone()), AuthorizationService::new(store));
     for (name, bytes) in inputs("calls") {
         println!("{name}");

@@ -463,11 +463,11 @@ async fn reqwest_metrics(addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_reloader_comes_back() {
     use corsd::core::Policy;
-    use corsd::store::PolicyStore;
+    use corsd::grpc::Store;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t0.toml");
     std::fs::write(&path, policy(0, 1)).unwrap();
-    let store = PolicyStore::with_tenants([(
+    let store = Store::with_tenants([(
         "t0".to_owned(),
         Policy::compile("t", policy(0, 1).as_bytes()).unwrap().policy,
     )]);

@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corsd::grpc::Store;
 use corsd::grpc::decision::DecisionPath;
 use corsd::grpc::pb::CheckOriginRequest;
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
 use corsd::observe::metrics::Metrics;
-use corsd::store::PolicyStore;
 use tokio::net::TcpListener;
 
 use crate::common;
@@ -49,10 +49,10 @@ struct Served {
 }
 
 async fn serve(policy: &str) -> Served {
-    serve_store(PolicyStore::for_test(policy).unwrap(), false).await
+    serve_store(Store::for_test(policy).unwrap(), false).await
 }
 
-async fn serve_store(store: Arc<PolicyStore>, per_tenant: bool) -> Served {
+async fn serve_store(store: Arc<Store>, per_tenant: bool) -> Served {
     let metrics = Arc::new(Metrics::new(Arc::clone(&store), per_tenant).unwrap());
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
@@ -389,7 +389,7 @@ async fn envoy_access_log_carries_corsd_reason() {
     use corsd::grpc::ext_authz::ExtAuthzMetadata;
     let Some(binary) = envoy_binary() else { return };
     for mode in [ExtAuthzMetadata::Denials, ExtAuthzMetadata::All, ExtAuthzMetadata::Off] {
-        let store = PolicyStore::for_test(POLICY).unwrap();
+        let store = Store::for_test(POLICY).unwrap();
         let version = store.load_full().unwrap().policy.version().to_owned();
         let options = corsd::grpc::ServeOptions {
             ext_authz_metadata: mode,
@@ -456,7 +456,7 @@ async fn per_tenant_metrics_label_the_deciding_tenant() {
         .unwrap()
         .policy
     };
-    let store = PolicyStore::with_tenants([
+    let store = Store::with_tenants([
         ("acme".to_owned(), policy("https://acme.example")),
         ("globex".to_owned(), policy("https://globex.example")),
     ]);

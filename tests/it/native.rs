@@ -783,7 +783,7 @@ async fn ecds_is_restricted_with_the_admin_calls() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let store = corsd::store::PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
+    let store = corsd::grpc::Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
     let options = corsd::grpc::ServeOptions {
         admin: corsd::grpc::admin::AdminGate::token_file(token),
         xds: true,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use corsd::grpc::Store;
 use corsd::observe::metrics::Metrics;
-use corsd::store::PolicyStore;
 
 use crate::common;
 
@@ -85,7 +85,7 @@ async fn every_metric_the_kit_reads_is_served() {
         client_ca: None,
     })
     .unwrap();
-    let store = PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
+    let store = Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
     let metrics = Metrics::new(Arc::clone(&store), false)
         .unwrap()
         .with_tls(Arc::clone(&tls))

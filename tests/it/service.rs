@@ -7,8 +7,8 @@ use crate::common;
 use std::collections::HashMap;
 
 use common::serve::TestServer;
+use corsd::grpc::Store;
 use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, Reason, Verdict};
-use corsd::store::PolicyStore;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -35,7 +35,7 @@ fn snake(name: &str) -> String {
 async fn check_origin_replays_the_decision_table() {
     let mut servers = HashMap::new();
     for (name, text) in common::policies() {
-        servers.insert(name, TestServer::start(PolicyStore::for_test(&text).unwrap()).await);
+        servers.insert(name, TestServer::start(Store::for_test(&text).unwrap()).await);
     }
     let mut clients = HashMap::new();
     for (name, server) in &servers {
@@ -92,7 +92,7 @@ fn many_entries(n: usize) -> String {
 
 #[tokio::test]
 async fn list_entries_pages_in_file_order() {
-    let server = TestServer::start(PolicyStore::for_test(&many_entries(250)).unwrap()).await;
+    let server = TestServer::start(Store::for_test(&many_entries(250)).unwrap()).await;
     let mut client = server.client().await;
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -220,7 +220,7 @@ async fn list_entries_pages_in_file_order() {
 
 #[tokio::test]
 async fn health_reports_every_service() {
-    let server = TestServer::start(PolicyStore::for_test("# empty\n").unwrap()).await;
+    let server = TestServer::start(Store::for_test("# empty\n").unwrap()).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "corsd.v1.CorsPolicy", "envoy.service.auth.v3.Authorization"] {
         let status = health
@@ -249,7 +249,7 @@ async fn reflection_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let server = TestServer::start(PolicyStore::for_test("# empty\n").unwrap()).await;
+    let server = TestServer::start(Store::for_test("# empty\n").unwrap()).await;
     let mut client = ServerReflectionClient::new(server.channel().await);
     let requests = tokio_stream::iter([
         ServerReflectionRequest {
@@ -342,8 +342,7 @@ async fn reflection_lists_the_services() {
 
 #[tokio::test]
 async fn oversized_messages_are_refused_without_harm() {
-    let server =
-        TestServer::start(PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
+    let server = TestServer::start(Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
     let mut client = server.client().await;
     let huge = CheckOriginRequest {
         origin: Some("https://a.example".into()),

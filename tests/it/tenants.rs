@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corsd::core::{Policy, Request, TenantDecision, decide_for};
+use corsd::grpc::Store;
 use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, PolicyInfo};
-use corsd::store::PolicyStore;
 use tonic::Code;
 
 use crate::common::serve::TestServer;
@@ -49,7 +49,7 @@ fn cases() -> Vec<Case> {
     toml::from_str::<Table>(&text).unwrap().case
 }
 
-fn example_store() -> Arc<PolicyStore> {
+fn example_store() -> Arc<Store> {
     let mut tenants = Vec::new();
     for name in ["acme", "globex", "initech"] {
         let path = examples().join(format!("{name}.toml"));
@@ -58,7 +58,7 @@ fn example_store() -> Arc<PolicyStore> {
             .policy;
         tenants.push((name.to_owned(), policy));
     }
-    PolicyStore::with_tenants(tenants)
+    Store::with_tenants(tenants)
 }
 
 #[test]
@@ -265,7 +265,7 @@ async fn each_tenant_reloads_on_its_own() {
         known.push((name.to_string(), path));
         loaded.push((name.to_string(), Policy::compile("t", text.as_bytes()).unwrap().policy));
     }
-    let server = TestServer::start(PolicyStore::with_tenants(loaded)).await;
+    let server = TestServer::start(Store::with_tenants(loaded)).await;
     corsd::reload::spawn_dir(dir.path().to_path_buf(), known, server.store.clone()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = tenants(&server).await;
@@ -370,7 +370,7 @@ async fn a_configmap_swap_of_the_whole_directory_is_seen() {
     let loaded = first
         .iter()
         .map(|(n, t)| (n.to_string(), Policy::compile("t", t.as_bytes()).unwrap().policy));
-    let server = TestServer::start(PolicyStore::with_tenants(loaded)).await;
+    let server = TestServer::start(Store::with_tenants(loaded)).await;
     corsd::reload::spawn_dir(dir.path().to_path_buf(), files.tenants, server.store.clone()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -387,7 +387,7 @@ async fn a_configmap_swap_of_the_whole_directory_is_seen() {
 
 #[tokio::test]
 async fn single_mode_lists_its_one_tenant() {
-    let server = TestServer::start(PolicyStore::for_test(&policy("https://a.example")).unwrap()).await;
+    let server = TestServer::start(Store::for_test(&policy("https://a.example")).unwrap()).await;
     let all = tenants(&server).await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].tenant, "");
@@ -562,7 +562,7 @@ async fn tenants_edited_under_load_answer_from_some_valid_version() {
             Policy::compile("t", text(t, 0).as_bytes()).unwrap().policy,
         ));
     }
-    let server = TestServer::start(PolicyStore::with_tenants(loaded)).await;
+    let server = TestServer::start(Store::with_tenants(loaded)).await;
     corsd::reload::spawn_dir(dir.path().to_path_buf(), known, server.store.clone()).unwrap();
     let valid: Vec<Vec<String>> = (0..TENANTS)
         .map(|t| (0..=EDITS).map(|v| version(&text(t, v))).collect())
@@ -644,7 +644,7 @@ async fn an_edit_that_keeps_the_metadata_is_seen() {
     std::fs::write(&path, &before).unwrap();
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let loaded = [("a".to_owned(), Policy::compile("t", before.as_bytes()).unwrap().policy)];
-    let server = TestServer::start(PolicyStore::with_tenants(loaded)).await;
+    let server = TestServer::start(Store::with_tenants(loaded)).await;
     corsd::reload::spawn_dir(
         dir.path().to_path_buf(),
         vec![("a".into(), path.clone())],

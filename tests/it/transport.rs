@@ -7,7 +7,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
 use common::serve::TestServer;
-use corsd::store::PolicyStore;
+use corsd::grpc::Store;
 use socket2::SockRef;
 
 use crate::common;
@@ -51,8 +51,7 @@ fn options(fd: RawFd) -> (bool, bool, std::time::Duration) {
 
 #[tokio::test]
 async fn the_server_sets_nodelay_and_keepalive_on_every_connection() {
-    let server =
-        TestServer::start(PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
+    let server = TestServer::start(Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
     // Two connections: each one accepted is set up, not only the first.
     for _ in 0..2 {
         let client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -169,7 +168,7 @@ async fn admin_calls_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "  s3cret-1\n").unwrap();
-    let store = PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
+    let store = Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap();
     let options = corsd::grpc::ServeOptions {
         admin: corsd::grpc::admin::AdminGate::token_file(token_file.clone()),
         ..Default::default()

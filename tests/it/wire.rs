@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use corsd::core::{Policy, decide};
+use corsd::grpc::Store;
 use corsd::grpc::cors_policy::{encode_check_origin, encode_check_origin_from, to_proto};
 use corsd::grpc::ext_authz::{encode_check_response, to_check_response};
 use corsd::grpc::pb::CheckOriginRequest;
 use corsd::grpc::wire::{AuthzCall, CheckOriginCall, Encoded};
-use corsd::store::PolicyStore;
 use envoy_types::pb::envoy::config::core::v3::{Address, HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -31,8 +31,8 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
     let snapshots: HashMap<String, _> = common::policies()
         .into_iter()
         .map(|(name, text)| {
-            let single = PolicyStore::new(compile(&text)).load_full().unwrap();
-            let acme = PolicyStore::with_tenants([("acme".to_owned(), compile(&text))])
+            let single = Store::new(compile(&text)).load_full().unwrap();
+            let acme = Store::with_tenants([("acme".to_owned(), compile(&text))])
                 .tenant("acme")
                 .unwrap();
             (name, (single, acme))
@@ -62,7 +62,7 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
                     case.name
                 ));
             }
-            if snapshot.prepared.get().is_none() {
+            if !snapshot.prepared.has_answer_parts() {
                 failures.push(format!("{}: no parts were prepared for tenant {tenant:?}", case.name));
             }
             let other = to_proto("other", &decision).encode_to_vec();
@@ -271,8 +271,7 @@ proptest! {
 
 #[tokio::test]
 async fn strings_that_are_not_utf8_are_refused_by_name() {
-    let server =
-        TestServer::start(PolicyStore::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
+    let server = TestServer::start(Store::for_test("[[entries]]\norigin = \"https://a.example\"\n").unwrap()).await;
     let mut grpc = tonic::client::Grpc::new(server.channel().await);
     // CheckOriginRequest with `method` (field 2) = "GE\xFF".
     let request: Encoded = Bytes::from_static(b"\x12\x03GE\xFF").into();
@@ -294,10 +293,9 @@ async fn strings_that_are_not_utf8_are_refused_by_name() {
 fn a_request_with_more_header_lines_than_the_core_reads_is_refused() {
     use corsd::grpc::cors_policy::CorsPolicyService;
     use corsd::grpc::pb::{CheckOriginResponse, Reason, Verdict};
-    let store = PolicyStore::for_test(
-        "[cors]\nallow_headers = [\"content-type\"]\n[[entries]]\norigin = \"https://a.example\"\n",
-    )
-    .unwrap();
+    let store =
+        Store::for_test("[cors]\nallow_headers = [\"content-type\"]\n[[entries]]\norigin = \"https://a.example\"\n")
+            .unwrap();
     let cors = CorsPolicyService::new(store);
     let answer = |lines: usize| {
         let request = CheckOriginRequest {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corsd::grpc::Store;
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
 use corsd::grpc::pb::{CheckOriginRequest, ListEntriesRequest, ListEntriesResponse};
-use corsd::store::PolicyStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -15,13 +15,13 @@ use tonic::transport::Channel;
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub store: Arc<PolicyStore>,
+    pub store: Arc<Store>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
-    pub async fn start(store: Arc<PolicyStore>) -> TestServer {
+    pub async fn start(store: Arc<Store>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -50,7 +50,7 @@ impl TestServer {
         let policy = corsd::core::Policy::compile(&path.display().to_string(), &bytes)
             .unwrap()
             .policy;
-        TestServer::start(PolicyStore::new(policy)).await
+        TestServer::start(Store::new(policy)).await
     }
 
     pub async fn channel(&self) -> Channel {
@@ -121,12 +121,12 @@ pub fn get_request(origin: impl Into<String>) -> CheckOriginRequest {
 
 /// A channel to a real server on `127.0.0.1:0` serving `store` with
 /// `options` (admin gate, ECDS, ...), in this process until the test ends.
-pub async fn start_with_options(store: Arc<PolicyStore>, options: corsd::grpc::ServeOptions) -> Channel {
+pub async fn start_with_options(store: Arc<Store>, options: corsd::grpc::ServeOptions) -> Channel {
     super::channel_when_up(serve_with_options(store, options).await).await
 }
 
 /// [`start_with_options`], returning the server's address.
-pub async fn serve_with_options(store: Arc<PolicyStore>, options: corsd::grpc::ServeOptions) -> SocketAddr {
+pub async fn serve_with_options(store: Arc<Store>, options: corsd::grpc::ServeOptions) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(corsd::grpc::serve_counted(

@@ -1,7 +1,7 @@
-//! Native mode's shell (DESIGN.md section 13): the messages `core::native`
-//! compiles, written as the JSON (or YAML) Envoy reads, through the
-//! descriptors `envoy-types` ships, so every `Any` shows its `@type` and
-//! fields by their proto names.
+//! Native mode's shell (DESIGN.md section 13): the plan `core::native`
+//! makes, mapped to Envoy's filters ([`envoy`]) and written as the JSON (or
+//! YAML) Envoy reads, through the descriptors `envoy-types` ships, so every
+//! `Any` shows its `@type` and fields by their proto names.
 
 use std::sync::LazyLock;
 
@@ -9,7 +9,9 @@ use envoy_types::pb::google::protobuf::Any;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
-use crate::core::native::EnvoyConfig;
+pub mod envoy;
+
+use envoy::EnvoyConfig;
 
 /// The files of every message native mode writes, with their imports (see `build.rs`).
 static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
