@@ -4,6 +4,10 @@
 //! difference is what corsd adds to a call (the HTTP/2 transport around it is
 //! the same for all three and is measured by the load harness instead).
 //!
+//! `check_origin_prost_*` makes the same `CheckOrigin` call with prost's
+//! generated messages instead of corsd's wire forms (`src/grpc/wire`): the
+//! baseline that says whether the hand-written ones pay for themselves.
+//!
 //! Run: `cargo bench --bench wire`.
 #![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark's setup may panic")]
@@ -13,10 +17,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corsd::grpc::Store;
-use corsd::grpc::cors_policy::CorsPolicyService;
+use corsd::grpc::cors_policy::{CorsPolicyService, to_proto};
+use corsd::grpc::decision::DecisionPath;
 use corsd::grpc::ext_authz::AuthorizationService;
+use corsd::grpc::pb::CheckOriginRequest;
 use corsd::grpc::stubs::authorization_server::Authorization;
 use corsd::grpc::stubs::cors_policy_server::CorsPolicy;
+use corsd::observe::Api;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use tonic_health::pb::HealthCheckRequest;
@@ -52,6 +59,7 @@ fn calls(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let store = Store::for_test(&policy_text(10_000)).unwrap();
     let cors = CorsPolicyService::new(store.clone());
+    let path = DecisionPath::new(store.clone());
     let authz = AuthorizationService::new(store);
     let reporter = tonic_health::server::HealthReporter::new();
     rt.block_on(reporter.set_service_status("", tonic_health::ServingStatus::Serving));
@@ -80,6 +88,13 @@ fn calls(c: &mut Criterion) {
         group.bench_function(format!("check_origin_{name}"), |b| {
             b.iter(|| call(&rt, black_box(&request), &mut out, async |r| cors.check_origin(r).await))
         });
+        group.bench_function(format!("check_origin_prost_{name}"), |b| {
+            b.iter(|| {
+                call(&rt, black_box(&request), &mut out, async |r| {
+                    Ok(tonic::Response::new(prost_check_origin(&path, r.get_ref())))
+                })
+            })
+        });
         let request = encoded(&authz_request(origin, true));
         group.bench_function(format!("ext_authz_{name}"), |b| {
             b.iter(|| {
@@ -90,6 +105,25 @@ fn calls(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// `CheckOrigin` as a handler on prost's messages would answer it.
+fn prost_check_origin(path: &DecisionPath, call: &CheckOriginRequest) -> corsd::grpc::pb::CheckOriginResponse {
+    let lines: Vec<&str> = call.access_control_request_headers.iter().map(String::as_str).collect();
+    let request = corsd::core::Request {
+        origin: call.origin.as_deref(),
+        several_origins: false,
+        method: &call.method,
+        request_method: call.access_control_request_method.as_deref(),
+        request_headers: &lines,
+        request_private_network: call.access_control_request_private_network,
+        scheme: &call.scheme,
+        authority: &call.authority,
+        path: &call.path,
+    };
+    path.decide(Api::Corsd, &call.tenant, &request, |tenant, decision, _, _| {
+        to_proto(tenant, decision)
+    })
 }
 
 criterion_group!(benches, calls);

@@ -23,6 +23,7 @@ use crate::grpc::Store;
 use crate::memory::release_freed_memory;
 use crate::observe::{self, metrics::Metrics};
 use crate::reload;
+use crate::store::{PolicyStore, Prepare};
 use crate::watch::Fingerprint;
 
 /// Where the policies come from, each already loaded and valid.
@@ -60,6 +61,9 @@ pub struct ServeConfig {
     pub metrics_per_tenant: bool,
     /// Log denied decisions, at most this many lines a second; off when `None`.
     pub log_denials: Option<u64>,
+    /// Log the decisions a candidate would change, at most this many lines a
+    /// second; off when `None`.
+    pub log_shadow: Option<u64>,
     /// After SIGTERM, how long to keep serving with health NOT_SERVING.
     pub drain_delay: Duration,
     /// Then, how long calls in flight may take to finish.
@@ -75,8 +79,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Serves `policies` and returns the process's exit code.
-pub fn main(config: ServeConfig, policies: Policies) -> ExitCode {
+/// Serves `policies`, each tenant's decisions tried again by its candidate
+/// in `shadow`, and returns the process's exit code.
+pub fn main(config: ServeConfig, policies: Policies, shadow: Option<Policies>) -> ExitCode {
     release_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
@@ -89,7 +94,7 @@ pub fn main(config: ServeConfig, policies: Policies) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(config, policies))
+    runtime.block_on(run(config, policies, shadow))
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
@@ -105,19 +110,70 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
-    let mut termination = Termination::listen();
-    let (source, store, known) = match policies {
-        Policies::File(path, policy) => (path, Store::new(*policy), None),
+/// Where policies were loaded from, their store, and (for a directory) each
+/// file's fingerprint as it was read.
+type Loaded<P> = (PathBuf, Arc<PolicyStore<P>>, Option<Vec<(String, Fingerprint)>>);
+
+fn into_store<P: Prepare>(policies: Policies) -> Loaded<P> {
+    match policies {
+        Policies::File(path, policy) => (path, PolicyStore::new(*policy), None),
         Policies::Dir(dir, tenants) => {
             let known = tenants
                 .iter()
                 .map(|(name, _, _, print)| (name.clone(), print.clone()))
                 .collect();
-            let store = Store::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
+            let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
             (dir, store, Some(known))
         }
+    }
+}
+
+/// Follows `source` (a file, or a directory's tenants `known` at start-up)
+/// into `store`.
+fn follow<P: Prepare>(
+    source: &std::path::Path,
+    store: &Arc<PolicyStore<P>>,
+    known: Option<Vec<(String, Fingerprint)>>,
+) -> Result<reload::ReloadHandle, ExitCode> {
+    let watching = match known {
+        None => reload::spawn(source.to_path_buf(), Arc::clone(store)),
+        Some(known) => reload::spawn_dir_from(source.to_path_buf(), known, Arc::clone(store)),
     };
+    match watching {
+        Ok((handle, _task)) => Ok(handle),
+        Err(e) => {
+            error!("cannot watch {}: {e}", source.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Warns, once per name, of each candidate whose tenant has no live policy
+/// (it is ignored), now and after every swap of either store.
+async fn warn_of_orphans(live: Arc<Store>, shadow: Arc<PolicyStore>) {
+    let mut warned = std::collections::HashSet::new();
+    let (mut live_swaps, mut shadow_swaps) = (live.follow(), shadow.follow());
+    loop {
+        let (tenants, candidates) = (live.tenants_full(), shadow.tenants_full());
+        for (name, _) in candidates.sorted() {
+            if tenants.get(name).is_none() && warned.insert(name.to_owned()) {
+                warn!(
+                    tenant = name,
+                    "a candidate policy for a tenant with no live policy is ignored"
+                );
+            }
+        }
+        drop((tenants, candidates));
+        tokio::select! {
+            changed = live_swaps.changed() => if changed.is_err() { return },
+            changed = shadow_swaps.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) -> ExitCode {
+    let mut termination = Termination::listen();
+    let (source, store, known) = into_store::<grpc::cors_policy::Prepared>(policies);
     let tenants = store.tenants_full();
     let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
     let version = store
@@ -153,15 +209,24 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
              restrict them with --admin-san or --admin-token-file"
         );
     }
-    let watching = match known {
-        None => reload::spawn(source.clone(), Arc::clone(&store)),
-        Some(known) => reload::spawn_dir_from(source.clone(), known, Arc::clone(&store)),
+    let reloader = match follow(&source, &store, known) {
+        Ok(handle) => handle,
+        Err(code) => return code,
     };
-    let reloader = match watching {
-        Ok((handle, _task)) => handle,
-        Err(e) => {
-            error!("cannot watch {}: {e}", source.display());
-            return ExitCode::from(2);
+    let (shadow, shadow_reloader) = match shadow.map(into_store::<()>) {
+        None => (None, None),
+        Some((candidates, shadow, known)) => {
+            info!(
+                candidates = %candidates.display(),
+                tenants = shadow.tenants().len(),
+                "shadow policies: every decision of their tenants is made again, never enforced"
+            );
+            let handle = match follow(&candidates, &shadow, known) {
+                Ok(handle) => handle,
+                Err(code) => return code,
+            };
+            tokio::spawn(warn_of_orphans(Arc::clone(&store), Arc::clone(&shadow)));
+            (Some(shadow), Some(handle))
         }
     };
     match signal(SignalKind::hangup()) {
@@ -170,6 +235,9 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
                 while hangups.recv().await.is_some() {
                     info!("SIGHUP: reloading the policy");
                     reloader.reload_now();
+                    if let Some(shadow) = &shadow_reloader {
+                        shadow.reload_now();
+                    }
                 }
             });
         }
@@ -232,7 +300,14 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
         tokio::spawn(Arc::clone(log).report_dropped());
     }
     let denials_at_exit = denials.clone();
-    let path = grpc::decision::DecisionPath::with_metrics(store, metrics).logging_denials(denials);
+    let shadow_log = args.log_shadow.map(observe::denials::DenialLog::shadow);
+    if let Some(log) = &shadow_log {
+        tokio::spawn(Arc::clone(log).report_dropped());
+    }
+    let shadow_log_at_exit = shadow_log.clone();
+    let path = grpc::decision::DecisionPath::with_metrics(store, metrics)
+        .logging_denials(denials)
+        .shadowing(shadow, shadow_log);
     let options = grpc::ServeOptions {
         tls,
         admin,
@@ -271,7 +346,7 @@ async fn run(args: ServeConfig, policies: Policies) -> ExitCode {
     );
     let _ = stop.send(());
     let flush_denials = move || {
-        if let Some(log) = &denials_at_exit {
+        for log in [&denials_at_exit, &shadow_log_at_exit].into_iter().flatten() {
             log.close();
         }
     };

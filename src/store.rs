@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::core::{Policy, Reason, TenantSet};
+use crate::core::{Change, Policy, Reason, TenantSet};
 
 /// What a shell derives from one snapshot alone, built when the snapshot
 /// is swapped in and gone with it (the gRPC API keeps the parts of its
@@ -47,6 +47,8 @@ pub struct Snapshot<P = ()> {
 #[derive(Debug, Default)]
 pub struct DecisionCounts {
     counts: [[AtomicU64; Reason::ALL.len()]; 2],
+    /// Shadow decisions by API and [`Change`] (in `Change::ALL` order).
+    shadow: [[AtomicU64; Change::ALL.len()]; 2],
 }
 
 impl DecisionCounts {
@@ -55,6 +57,25 @@ impl DecisionCounts {
         if let Some(count) = self.counts.get(api).and_then(|by_reason| by_reason.get(reason)) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one shadow decision.
+    pub fn count_shadow(&self, api: usize, change: Change) {
+        if let Some(count) = self
+            .shadow
+            .get(api)
+            .and_then(|by_change| by_change.get(change as usize))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many shadow decisions were counted so.
+    pub fn shadow(&self, api: usize, change: Change) -> u64 {
+        self.shadow
+            .get(api)
+            .and_then(|by_change| by_change.get(change as usize))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// How many decisions were counted so.
@@ -333,7 +354,7 @@ impl<P: Prepare> PolicyStore<P> {
             return;
         }
         // Payloads are prepared before the writer's lock is taken.
-        let changes: Vec<Change<P>> = changes
+        let changes: Vec<TenantChange<P>> = changes
             .into_iter()
             .map(|(name, policy)| {
                 let snapshot = policy.map(|p| {
@@ -393,7 +414,7 @@ impl<P: Prepare> PolicyStore<P> {
 }
 
 /// A tenant's new snapshot in a batch; `None`: the tenant is removed.
-type Change<P> = (Arc<str>, Option<Arc<Snapshot<P>>>);
+type TenantChange<P> = (Arc<str>, Option<Arc<Snapshot<P>>>);
 
 fn snapshot<P: Prepare>(name: &str, policy: Policy) -> Snapshot<P> {
     Snapshot {

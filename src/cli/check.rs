@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::validate::{load, load_dir};
-use crate::core::{Decision, Request, TenantDecision, Verdict, decide_for};
+use crate::core::shadow::{Shadowed, compare};
+use crate::core::{Decision, Request, TenantDecision, Verdict, decide, decide_for};
 use crate::grpc::Store;
 
 /// Flags of `corsd check`.
@@ -49,6 +50,11 @@ pub(super) struct CheckArgs {
     /// The target's path; without it the target counts as inside the scope's paths.
     #[arg(long, default_value = "")]
     path: String,
+    /// A candidate policy: decide with it too, and print what it would
+    /// change (the live decision still sets the exit code). With
+    /// --policy-dir it is the candidate of the tenant that decides.
+    #[arg(long, value_name = "FILE")]
+    shadow: Option<PathBuf>,
     /// Print the decision as one JSON object.
     #[arg(long)]
     json: bool,
@@ -65,6 +71,10 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
             Err(_) => return ExitCode::from(2),
         },
         (None, None) => return ExitCode::from(2),
+    };
+    let candidate = match args.shadow.as_deref().map(load).transpose() {
+        Ok(candidate) => candidate.map(|c| c.policy),
+        Err(_) => return ExitCode::from(2),
     };
     let method = match (&args.method, &args.request_method) {
         (Some(m), _) => m.as_str(),
@@ -83,11 +93,23 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
         path: &args.path,
     };
     let tenants = store.tenants();
-    let TenantDecision { tenant, decision, .. } = decide_for(&tenants, &args.tenant, &request);
+    let TenantDecision {
+        tenant,
+        decision,
+        selected,
+    } = decide_for(&tenants, &args.tenant, &request);
+    // As the server: only what a live policy decided is shadowed.
+    let shadowed = candidate.as_ref().filter(|_| selected.is_some()).map(|candidate| {
+        let shadow = decide(candidate, &request);
+        Shadowed {
+            change: compare(&decision, &shadow),
+            decision: shadow,
+        }
+    });
     let printed = if args.json {
-        print_json(tenant, &decision)
+        print_json(tenant, &decision, shadowed.as_ref())
     } else {
-        print_text(tenant, &decision, store.is_single())
+        print_text(tenant, &decision, store.is_single(), shadowed.as_ref())
     };
     if let Err(e) = printed {
         eprintln!("corsd check: cannot write the decision: {e}");
@@ -109,6 +131,17 @@ struct JsonDecision<'a> {
     matched_pattern: &'a str,
     policy_version: &'a str,
     tenant: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<JsonShadow<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonShadow<'a> {
+    verdict: &'static str,
+    reason: &'static str,
+    matched_pattern: &'a str,
+    policy_version: &'a str,
+    change: &'static str,
 }
 
 #[derive(Serialize)]
@@ -118,7 +151,7 @@ struct JsonHeader<'a> {
     append: bool,
 }
 
-fn print_json(tenant: &str, decision: &Decision<'_>) -> std::io::Result<()> {
+fn print_json(tenant: &str, decision: &Decision<'_>, shadow: Option<&Shadowed<'_>>) -> std::io::Result<()> {
     let json = JsonDecision {
         verdict: decision.verdict.as_str(),
         reason: decision.reason.as_str(),
@@ -136,13 +169,25 @@ fn print_json(tenant: &str, decision: &Decision<'_>) -> std::io::Result<()> {
         matched_pattern: decision.matched_pattern(),
         policy_version: decision.policy_version,
         tenant,
+        shadow: shadow.map(|s| JsonShadow {
+            verdict: s.decision.verdict.as_str(),
+            reason: s.decision.reason.as_str(),
+            matched_pattern: s.decision.matched_pattern(),
+            policy_version: s.decision.policy_version,
+            change: s.change.as_str(),
+        }),
     };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &json).map_err(std::io::Error::other)?;
     writeln!(out)
 }
 
-fn print_text(tenant: &str, decision: &Decision<'_>, single: bool) -> std::io::Result<()> {
+fn print_text(
+    tenant: &str,
+    decision: &Decision<'_>,
+    single: bool,
+    shadow: Option<&Shadowed<'_>>,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{} ({})", decision.verdict.as_str(), decision.reason.as_str())?;
     if let Some(detail) = decision.detail {
@@ -164,6 +209,20 @@ fn print_text(tenant: &str, decision: &Decision<'_>, single: bool) -> std::io::R
     for h in &decision.response_headers {
         let how = if h.append { " (appended)" } else { "" };
         writeln!(out, "{}: {}{how}", h.name, h.value)?;
+    }
+    if let Some(shadow) = shadow {
+        let candidate = &shadow.decision;
+        writeln!(out, "shadow: {}", shadow.change.as_str())?;
+        writeln!(
+            out,
+            "candidate: {} ({})",
+            candidate.verdict.as_str(),
+            candidate.reason.as_str()
+        )?;
+        if let Some(entry) = candidate.matched {
+            writeln!(out, "candidate matched: {} (line {})", entry.pattern, entry.line)?;
+        }
+        writeln!(out, "candidate policy version: {}", candidate.policy_version)?;
     }
     Ok(())
 }

@@ -105,6 +105,19 @@ pub(super) struct ServeArgs {
     /// log: denials (403s), all, or off.
     #[arg(long, env = "CORSD_EXT_AUTHZ_METADATA", value_enum, default_value_t = MetadataArg::Denials)]
     ext_authz_metadata: MetadataArg,
+    /// A candidate policy (with --policy), tried on every request and never
+    /// enforced: each answer says what it would change. Watched like the policy.
+    #[arg(long, env = "CORSD_SHADOW_POLICY", requires = "policy", value_name = "FILE")]
+    shadow_policy: Option<PathBuf>,
+    /// Candidate policies (with --policy-dir): DIR/NAME.toml is tenant NAME's.
+    #[arg(long, env = "CORSD_SHADOW_POLICY_DIR", requires = "policy_dir", value_name = "DIR")]
+    shadow_policy_dir: Option<PathBuf>,
+    /// Write one JSON line per decision a candidate would change (target corsd::shadow).
+    #[arg(long, env = "CORSD_LOG_SHADOW")]
+    log_shadow: bool,
+    /// Most shadow lines a second; the rest are counted in a line each second.
+    #[arg(long, env = "CORSD_LOG_SHADOW_RATE", default_value_t = crate::observe::denials::DEFAULT_RATE)]
+    log_shadow_rate: u64,
 }
 
 /// Which ext_authz answers carry `dynamic_metadata`.
@@ -145,6 +158,18 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         },
         (None, None) => return ExitCode::from(2),
     };
+    // A candidate that does not load stops start-up the same way.
+    let shadow = match (args.shadow_policy, args.shadow_policy_dir) {
+        (Some(path), _) => match load(&path) {
+            Ok(compiled) => Some(Policies::File(path, Box::new(compiled.policy))),
+            Err(code) => return code,
+        },
+        (None, Some(dir)) => match load_dir(&dir) {
+            Ok(tenants) => Some(Policies::Dir(dir, tenants)),
+            Err(code) => return code,
+        },
+        (None, None) => None,
+    };
     let workers = args
         .workers
         .or_else(|| std::thread::available_parallelism().ok())
@@ -176,10 +201,11 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         metrics_listen: args.metrics_listen,
         metrics_per_tenant: args.metrics_per_tenant,
         log_denials: args.log_denials.then_some(args.log_denials_rate),
+        log_shadow: args.log_shadow.then_some(args.log_shadow_rate),
         drain_delay: args.drain_delay,
         shutdown_timeout: args.shutdown_timeout,
     };
-    crate::server::main(config, policies)
+    crate::server::main(config, policies, shadow)
 }
 
 /// A duration as the flags take it: `5s`, `500ms`, `2m`, or a bare number of

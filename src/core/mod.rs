@@ -10,9 +10,11 @@ pub mod origin;
 pub mod pattern;
 pub mod policy;
 mod request_headers;
+pub mod shadow;
 pub mod tenants;
 
 pub use decide::{Answer, Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
 pub use pattern::{OriginPattern, PatternError};
 pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};
+pub use shadow::Change;
 pub use tenants::{Selection, TenantDecision, TenantSet, decide_for, is_tenant_name};

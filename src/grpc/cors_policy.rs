@@ -13,9 +13,10 @@ use super::wire::{CheckOriginCall, Encoded, HeaderLines, Writer, str_len, sub_le
 use super::{Snapshot, Store};
 use crate::core::decide::{MAX_RESPONSE_HEADERS, allowed_actual_rest};
 use crate::core::origin::{RequestOrigin, parse_request_origin};
-use crate::core::{Decision, Policy, Reason, ResponseHeader, Verdict};
+use crate::core::shadow::Shadowed;
+use crate::core::{Change, Decision, Policy, Reason, ResponseHeader, Verdict};
 use crate::observe::Api;
-use crate::store::Prepare;
+use crate::store::{PolicyStore, Prepare};
 
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -75,6 +76,15 @@ impl CorsPolicyService {
 /// A decision as the generated message: the readable mapping, which
 /// [`encode_check_origin`] writes without building.
 pub fn to_proto(tenant: &str, decision: &Decision<'_>) -> pb::CheckOriginResponse {
+    to_proto_shadowed(tenant, decision, None)
+}
+
+/// [`to_proto`] with the candidate's decision, if the tenant has one.
+pub fn to_proto_shadowed(
+    tenant: &str,
+    decision: &Decision<'_>,
+    shadow: Option<&Shadowed<'_>>,
+) -> pb::CheckOriginResponse {
     pb::CheckOriginResponse {
         verdict: verdict(decision.verdict) as i32,
         reason: reason(decision.reason) as i32,
@@ -92,6 +102,22 @@ pub fn to_proto(tenant: &str, decision: &Decision<'_>) -> pb::CheckOriginRespons
         matched_pattern: decision.matched_pattern().to_owned(),
         policy_version: decision.policy_version.to_owned(),
         tenant: tenant.to_owned(),
+        shadow: shadow.map(|s| pb::ShadowDecision {
+            verdict: verdict(s.decision.verdict) as i32,
+            reason: reason(s.decision.reason) as i32,
+            matched_pattern: s.decision.matched_pattern().to_owned(),
+            policy_version: s.decision.policy_version.to_owned(),
+            change: change(s.change) as i32,
+        }),
+    }
+}
+
+fn change(c: Change) -> pb::Change {
+    match c {
+        Change::Same => pb::Change::Same,
+        Change::NewlyDenied => pb::Change::NewlyDenied,
+        Change::NewlyAllowed => pb::Change::NewlyAllowed,
+        Change::Changed => pb::Change::Changed,
     }
 }
 
@@ -129,6 +155,12 @@ mod field {
     pub const MATCHED_PATTERN: u32 = 6;
     pub const POLICY_VERSION: u32 = 7;
     pub const TENANT: u32 = 8;
+    pub const SHADOW: u32 = 9;
+    pub const SHADOW_VERDICT: u32 = 1;
+    pub const SHADOW_REASON: u32 = 2;
+    pub const SHADOW_MATCHED_PATTERN: u32 = 3;
+    pub const SHADOW_POLICY_VERSION: u32 = 4;
+    pub const SHADOW_CHANGE: u32 = 5;
     pub const HEADER_NAME: u32 = 1;
     pub const HEADER_VALUE: u32 = 2;
     pub const HEADER_APPEND: u32 = 3;
@@ -137,7 +169,7 @@ mod field {
 /// Writes a decision as a `CheckOriginResponse`: the bytes prost writes for
 /// [`to_proto`], without building it.
 pub fn encode_check_origin(tenant: &str, decision: &Decision<'_>) -> Result<Encoded, Status> {
-    encode(tenant, decision, None)
+    encode(tenant, decision, None, None)
 }
 
 /// [`encode_check_origin`] for a decision made with `snapshot`'s policy:
@@ -147,11 +179,32 @@ pub fn encode_check_origin_from(
     tenant: &str,
     decision: &Decision<'_>,
     snapshot: Option<&Snapshot>,
+    shadow: Option<&Shadowed<'_>>,
 ) -> Result<Encoded, Status> {
     let parts = snapshot
         .filter(|s| std::ptr::eq(decision.policy_version, s.policy.version()) && *s.tenant == *tenant)
         .and_then(|s| s.prepared.answer.as_ref());
-    encode(tenant, decision, parts)
+    encode(tenant, decision, parts, shadow)
+}
+
+/// The length of a `ShadowDecision`'s own fields.
+fn shadow_len(s: &Shadowed<'_>) -> usize {
+    use field::*;
+    varint_len(SHADOW_VERDICT, verdict(s.decision.verdict) as u64)
+        + varint_len(SHADOW_REASON, reason(s.decision.reason) as u64)
+        + str_len(SHADOW_MATCHED_PATTERN, s.decision.matched_pattern())
+        + str_len(SHADOW_POLICY_VERSION, s.decision.policy_version)
+        + varint_len(SHADOW_CHANGE, change(s.change) as u64)
+}
+
+fn put_shadow(out: &mut Writer, s: &Shadowed<'_>, len: usize) {
+    use field::*;
+    out.put_sub(SHADOW, len);
+    out.put_varint(SHADOW_VERDICT, verdict(s.decision.verdict) as u64);
+    out.put_varint(SHADOW_REASON, reason(s.decision.reason) as u64);
+    out.put_str(SHADOW_MATCHED_PATTERN, s.decision.matched_pattern());
+    out.put_str(SHADOW_POLICY_VERSION, s.decision.policy_version);
+    out.put_varint(SHADOW_CHANGE, change(s.change) as u64);
 }
 
 /// What the gRPC API keeps with each snapshot, built when it is swapped in.
@@ -226,7 +279,12 @@ fn put_header(out: &mut Writer, h: &ResponseHeader<'_>, len: usize) {
 
 /// One answer, with `parts` (prepared for the policy and tenant that
 /// decided) standing in for the fields they hold.
-fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) -> Result<Encoded, Status> {
+fn encode(
+    tenant: &str,
+    decision: &Decision<'_>,
+    parts: Option<&AnswerParts>,
+    shadow: Option<&Shadowed<'_>>,
+) -> Result<Encoded, Status> {
     use field::*;
     // An allowed actual request: only its first header depends on it.
     let allowed_rest = parts
@@ -243,6 +301,7 @@ fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) ->
     for (len, h) in header_lens.iter_mut().zip(headers()) {
         *len = header_len(h);
     }
+    let shadow_lens = shadow.map(|s| (s, shadow_len(s)));
     let verdict = verdict(decision.verdict) as u64;
     let reason = reason(decision.reason) as u64;
     let len = varint_len(VERDICT, verdict)
@@ -258,7 +317,8 @@ fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) ->
         + match parts {
             Some(parts) => parts.tail.as_bytes().len(),
             None => str_len(POLICY_VERSION, decision.policy_version) + str_len(TENANT, tenant),
-        };
+        }
+        + shadow_lens.map_or(0, |(_, len)| sub_len(SHADOW, len));
     let mut out = Writer::with_len(len);
     out.put_varint(VERDICT, verdict);
     out.put_varint(REASON, reason);
@@ -277,6 +337,9 @@ fn encode(tenant: &str, decision: &Decision<'_>, parts: Option<&AnswerParts>) ->
             out.put_str(POLICY_VERSION, decision.policy_version);
             out.put_str(TENANT, tenant);
         }
+    }
+    if let Some((shadow, len)) = shadow_lens {
+        put_shadow(&mut out, shadow, len);
     }
     out.finish()
 }
@@ -335,6 +398,8 @@ impl CorsPolicy for CorsPolicyService {
                 pattern: e.pattern.to_string(),
                 note: e.note.clone(),
                 line: e.line,
+                hits: 0,
+                last_hit_unix_ms: 0,
             })
             .collect();
         let end = start.saturating_add(page.len());
@@ -347,7 +412,7 @@ impl CorsPolicy for CorsPolicyService {
             entries: page,
             next_page_token,
             total_size: u32::try_from(total).unwrap_or(u32::MAX),
-            policy: Some(policy_info(store, &snapshot)),
+            policy: Some(policy_info(store, self.path.shadow().map(|s| &**s), &snapshot)),
         }))
     }
 
@@ -379,7 +444,7 @@ impl CorsPolicy for CorsPolicyService {
             .iter()
             .skip(start)
             .take(page_size)
-            .map(|(_, snapshot)| policy_info(store, snapshot))
+            .map(|(_, snapshot)| policy_info(store, self.path.shadow().map(|s| &**s), snapshot))
             .collect();
         let end = start.saturating_add(page.len());
         let next_page_token = match page.last() {
@@ -398,9 +463,15 @@ impl CorsPolicy for CorsPolicyService {
 const TENANT_TOKEN: &str = "after:";
 
 /// A tenant's policy in force and the state of its file.
-fn policy_info(store: &Store, snapshot: &Snapshot) -> pb::PolicyInfo {
+fn policy_info(store: &Store, shadow: Option<&PolicyStore>, snapshot: &Snapshot) -> pb::PolicyInfo {
     let policy = &snapshot.policy;
+    let candidate = shadow.and_then(|s| s.tenant(&snapshot.tenant));
     pb::PolicyInfo {
+        shadow_version: candidate.map(|c| c.policy.version().to_owned()).unwrap_or_default(),
+        shadow_last_reload_error: shadow
+            .and_then(|s| s.reload_error(&snapshot.tenant))
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
         version: policy.version().to_owned(),
         label: policy.label().to_owned(),
         source: policy.source().to_owned(),

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::store::PolicyStore;
+
 use super::{Snapshot, Store};
-use crate::core::Verdict;
-use crate::core::{Decision, Request, TenantDecision, decide_for};
-use crate::observe::denials::DenialLog;
+use crate::core::shadow::{Shadowed, compare};
+use crate::core::{Change, Decision, Request, TenantDecision, Verdict, decide, decide_for};
+use crate::observe::denials::{DenialLog, ShadowLog};
 use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
 
@@ -19,16 +21,15 @@ pub struct DecisionPath {
     store: Arc<Store>,
     metrics: Option<Arc<DecisionMetrics>>,
     denials: Option<Arc<DenialLog>>,
+    /// The candidates (`--shadow-policy`), by tenant.
+    shadow: Option<Arc<PolicyStore>>,
+    shadow_log: Option<Arc<ShadowLog>>,
 }
 
 impl DecisionPath {
     /// A path deciding with `store`, counting nothing.
     pub fn new(store: Arc<Store>) -> Self {
-        DecisionPath {
-            store,
-            metrics: None,
-            denials: None,
-        }
+        Self::with_metrics(store, None)
     }
 
     /// A path deciding with `store` and counting into `metrics`.
@@ -37,6 +38,8 @@ impl DecisionPath {
             store,
             metrics,
             denials: None,
+            shadow: None,
+            shadow_log: None,
         }
     }
 
@@ -46,6 +49,19 @@ impl DecisionPath {
         self
     }
 
+    /// The same path, deciding each request of a tenant that has a
+    /// candidate in `shadow` again with it, and writing each change to `log`.
+    pub fn shadowing(mut self, shadow: Option<Arc<PolicyStore>>, log: Option<Arc<ShadowLog>>) -> Self {
+        self.shadow = shadow;
+        self.shadow_log = log;
+        self
+    }
+
+    /// The candidates, when there are any.
+    pub fn shadow(&self) -> Option<&Arc<PolicyStore>> {
+        self.shadow.as_ref()
+    }
+
     /// The store decided with.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
@@ -53,14 +69,15 @@ impl DecisionPath {
 
     /// Decides `request`, asked through `api` for the tenant `named` (empty:
     /// by the target host), and returns what `answer` makes of the tenant,
-    /// the decision and the snapshot that decided, if one did. Never waits:
-    /// one lock-free load of the store.
+    /// the decision, the snapshot that decided, if one did, and the tenant's
+    /// candidate's decision, if it has one. Never waits: one lock-free load
+    /// of the store (and one of the candidates).
     pub fn decide<R>(
         &self,
         api: Api,
         named: &str,
         request: &Request<'_>,
-        answer: impl FnOnce(&str, &Decision<'_>, Option<&Snapshot>) -> R,
+        answer: impl FnOnce(&str, &Decision<'_>, Option<&Snapshot>, Option<&Shadowed<'_>>) -> R,
     ) -> R {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let tenants = self.store.tenants();
@@ -70,9 +87,27 @@ impl DecisionPath {
             selected,
         } = decide_for(&tenants, named, request);
         observe::decision(api, tenant, request, &decision);
-        let answered = answer(tenant, &decision, selected);
+        // Only what a live policy decided is shadowed.
+        let candidates = self.shadow.as_ref().filter(|_| selected.is_some()).map(|s| s.tenants());
+        let shadowed = candidates.as_ref().and_then(|c| c.get(tenant)).map(|candidate| {
+            let shadow = decide(&candidate.policy, request);
+            Shadowed {
+                change: compare(&decision, &shadow),
+                decision: shadow,
+            }
+        });
+        let answered = answer(tenant, &decision, selected, shadowed.as_ref());
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
-            metrics.record(api, decision.reason, selected.map(|s| &*s.counts), started.elapsed());
+            let counts = selected.map(|s| &*s.counts);
+            metrics.record(api, decision.reason, counts, started.elapsed());
+            if let Some(shadowed) = &shadowed {
+                metrics.record_shadow(api, shadowed.change, counts);
+            }
+        }
+        if let (Some(log), Some(shadowed)) = (&self.shadow_log, &shadowed)
+            && shadowed.change != Change::Same
+        {
+            log.change(api, tenant, request, &decision, shadowed);
         }
         if let Some(log) = &self.denials
             && decision.verdict == Verdict::Deny

@@ -15,7 +15,7 @@ use super::Store;
 use super::decision::DecisionPath;
 use super::stubs::authorization_server::Authorization;
 use super::wire::{AuthzCall, AuthzHttp, Encoded, HeaderLines, Writer, str_len, strs_len, sub_len, text, varint_len};
-use crate::core::{Answer, Decision, Reason};
+use crate::core::{Answer, Change, Decision, Reason};
 use crate::observe::Api;
 /// Stands in for a value that is not text: no CORS header accepts it.
 const NOT_TEXT: &str = "\u{0}";
@@ -108,8 +108,9 @@ impl AuthorizationService {
         };
         let metadata = self.metadata;
         self.path
-            .decide(Api::ExtAuthz, tenant, &request, |tenant, decision, _| {
-                encode_check_response(tenant, decision, metadata.carried_by(decision))
+            .decide(Api::ExtAuthz, tenant, &request, |tenant, decision, _, shadow| {
+                let changed = shadow.map(|s| s.change).filter(|c| *c != Change::Same);
+                encode_check_response_shadowed(tenant, decision, metadata.carried_by(decision), changed)
             })
     }
 }
@@ -176,16 +177,28 @@ impl Authorization for AuthorizationService {
 /// `with_metadata`: the readable mapping, which [`encode_check_response`]
 /// writes without building.
 pub fn to_check_response(tenant: &str, decision: &Decision<'_>, with_metadata: bool) -> CheckResponse {
+    to_check_response_shadowed(tenant, decision, with_metadata, None)
+}
+
+/// [`to_check_response`] for a decision a candidate would change: the
+/// metadata is then written whatever `with_metadata` says, with
+/// `corsd_shadow_change`.
+pub fn to_check_response_shadowed(
+    tenant: &str,
+    decision: &Decision<'_>,
+    with_metadata: bool,
+    changed: Option<Change>,
+) -> CheckResponse {
     let mut response = CheckResponse::new();
     let string = |s: &str| envoy_types::pb::google::protobuf::Value {
         kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
             s.to_owned(),
         )),
     };
-    if with_metadata {
+    if with_metadata || changed.is_some() {
         response.dynamic_metadata = Some(envoy_types::pb::google::protobuf::Struct {
-            fields: Metadata::of(tenant, decision)
-                .fields
+            fields: Metadata::of(tenant, decision, changed)
+                .fields()
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), string(v)))
                 .collect(),
@@ -265,24 +278,43 @@ mod field {
     pub const VALUE_STRING: u32 = 3;
 }
 
-/// `dynamic_metadata`: a `google.protobuf.Struct` of four strings, which
-/// Envoy's access log reads as
-/// `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:corsd_reason)%`.
+/// `dynamic_metadata`: a `google.protobuf.Struct` of four strings (five
+/// when a candidate would change the answer), which Envoy's access log
+/// reads as `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:corsd_reason)%`.
 struct Metadata<'a> {
-    /// In key order, as prost writes a `BTreeMap`.
-    fields: [(&'static str, &'a str); 4],
+    /// In key order, as prost writes a `BTreeMap`; the first `len` are set.
+    fields: [(&'static str, &'a str); 5],
+    len: usize,
 }
 
 impl<'a> Metadata<'a> {
-    fn of(tenant: &'a str, decision: &'a Decision<'a>) -> Self {
-        Metadata {
-            fields: [
-                ("corsd_matched", decision.matched_pattern()),
-                ("corsd_policy_version", decision.policy_version),
-                ("corsd_reason", decision.reason.as_str()),
-                ("corsd_tenant", tenant),
-            ],
+    fn of(tenant: &'a str, decision: &'a Decision<'a>, changed: Option<Change>) -> Self {
+        let (matched, version, reason) = (
+            ("corsd_matched", decision.matched_pattern()),
+            ("corsd_policy_version", decision.policy_version),
+            ("corsd_reason", decision.reason.as_str()),
+        );
+        let tenant = ("corsd_tenant", tenant);
+        match changed {
+            Some(change) => Metadata {
+                fields: [
+                    matched,
+                    version,
+                    reason,
+                    ("corsd_shadow_change", change.as_str()),
+                    tenant,
+                ],
+                len: 5,
+            },
+            None => Metadata {
+                fields: [matched, version, reason, tenant, ("", "")],
+                len: 4,
+            },
         }
+    }
+
+    fn fields(&self) -> &[(&'static str, &'a str)] {
+        self.fields.get(..self.len).unwrap_or(&self.fields)
     }
 
     /// A `Value` holding a string: the string is written even when empty
@@ -296,14 +328,14 @@ impl<'a> Metadata<'a> {
     }
 
     fn len(&self) -> usize {
-        self.fields
+        self.fields()
             .iter()
             .map(|(k, v)| sub_len(field::STRUCT_FIELDS, Self::entry_len(k, v)))
             .sum()
     }
 
     fn put(&self, out: &mut Writer) {
-        for (key, value) in self.fields {
+        for &(key, value) in self.fields() {
             out.put_sub(field::STRUCT_FIELDS, Self::entry_len(key, value));
             out.put_str(field::ENTRY_KEY, key);
             out.put_sub(field::ENTRY_VALUE, Self::value_len(value));
@@ -342,6 +374,16 @@ impl HeaderOption<'_> {
 /// Writes a decision as Envoy's `CheckResponse`: the bytes prost writes for
 /// [`to_check_response`], without building it.
 pub fn encode_check_response(tenant: &str, decision: &Decision<'_>, with_metadata: bool) -> Result<Encoded, Status> {
+    encode_check_response_shadowed(tenant, decision, with_metadata, None)
+}
+
+/// [`encode_check_response`] as [`to_check_response_shadowed`] builds it.
+pub fn encode_check_response_shadowed(
+    tenant: &str,
+    decision: &Decision<'_>,
+    with_metadata: bool,
+    changed: Option<Change>,
+) -> Result<Encoded, Status> {
     use field::*;
     let direct = decision.answer != Answer::Forward;
     let forbidden = decision.answer == Answer::Deny;
@@ -395,7 +437,7 @@ pub fn encode_check_response(tenant: &str, decision: &Decision<'_>, with_metadat
         response_len += sub_len(DENIED_HTTP_STATUS, http_status_len) + strs_len(DENIED_BODY, &body);
     }
 
-    let metadata = with_metadata.then(|| Metadata::of(tenant, decision));
+    let metadata = (with_metadata || changed.is_some()).then(|| Metadata::of(tenant, decision, changed));
     let metadata_len = metadata.as_ref().map_or(0, |m| sub_len(DYNAMIC_METADATA, m.len()));
     let mut out = Writer::with_len(sub_len(STATUS, status_len) + sub_len(response, response_len) + metadata_len);
     out.put_sub(STATUS, status_len);

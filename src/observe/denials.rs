@@ -1,7 +1,9 @@
 //! The denial log (`--log-denials`): one JSON line per denied decision on
 //! stderr, at most `--log-denials-rate` lines a second, and a line each
 //! second that counts the ones dropped, so that lines logged plus dropped
-//! equal the denials. Lines are JSON whatever `--log-format` is; every value
+//! equal the denials. The shadow log (`--log-shadow`, target
+//! `corsd::shadow`) is the same kind of log, of each decision a candidate
+//! would change (DESIGN.md section 15), rate-limited by `--log-shadow-rate`. Lines are JSON whatever `--log-format` is; every value
 //! is escaped by `serde_json`, so a hostile `Origin` cannot forge a line and
 //! parses back to itself.
 //!
@@ -23,10 +25,14 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use super::Api;
+use crate::core::shadow::Shadowed;
 use crate::core::{Decision, Request};
 
-/// The log's target, named in every line.
+/// The denial log's target, named in every line.
 pub const TARGET: &str = "corsd::denial";
+
+/// The shadow log's target.
+pub const SHADOW_TARGET: &str = "corsd::shadow";
 
 /// Default lines a second.
 pub const DEFAULT_RATE: u64 = 100;
@@ -58,9 +64,10 @@ fn capped(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
         .map_or_else(|| "...".into(), |head| format!("{head}...").into())
 }
 
-/// Rate-limited denial lines.
+/// Rate-limited JSON lines: denials, or a candidate's changes.
 #[derive(Debug)]
 pub struct DenialLog {
+    target: &'static str,
     rate: u64,
     started: Instant,
     /// The second (since `started`) the count below is for, in the high 32
@@ -78,7 +85,7 @@ pub struct DenialLog {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: &'a str,
+    time: String,
     target: &'static str,
     api: &'static str,
     tenant: std::borrow::Cow<'a, str>,
@@ -92,6 +99,45 @@ struct Line<'a> {
     path: std::borrow::Cow<'a, str>,
 }
 
+/// One policy's side of a shadow line.
+#[derive(Serialize)]
+struct Side<'a> {
+    verdict: &'static str,
+    reason: &'static str,
+    matched: &'a str,
+    policy_version: &'a str,
+}
+
+impl<'a> Side<'a> {
+    fn of(decision: &'a Decision<'a>) -> Self {
+        Side {
+            verdict: decision.verdict.as_str(),
+            reason: decision.reason.as_str(),
+            matched: decision.matched_pattern(),
+            policy_version: decision.policy_version,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ShadowLine<'a> {
+    time: String,
+    target: &'static str,
+    api: &'static str,
+    tenant: std::borrow::Cow<'a, str>,
+    origin: Option<std::borrow::Cow<'a, str>>,
+    method: std::borrow::Cow<'a, str>,
+    preflight: bool,
+    authority: std::borrow::Cow<'a, str>,
+    path: std::borrow::Cow<'a, str>,
+    change: &'static str,
+    live: Side<'a>,
+    candidate: Side<'a>,
+}
+
+/// The shadow log: the same writer, rate limit and dropped count.
+pub type ShadowLog = DenialLog;
+
 #[derive(Serialize)]
 struct Dropped<'a> {
     time: &'a str,
@@ -103,12 +149,26 @@ impl DenialLog {
     /// A log of at most `rate` lines a second (0: none, every denial counted
     /// as dropped).
     pub fn new(rate: u64) -> Arc<Self> {
+        Self::for_target(TARGET, rate)
+    }
+
+    /// The shadow log: at most `rate` lines a second.
+    pub fn shadow(rate: u64) -> Arc<Self> {
+        Self::for_target(SHADOW_TARGET, rate)
+    }
+
+    fn for_target(target: &'static str, rate: u64) -> Arc<Self> {
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(true)
             .buffered_lines_limit(QUEUE)
-            .thread_name("corsd-denial-log")
+            .thread_name(if target == TARGET {
+                "corsd-denial-log"
+            } else {
+                "corsd-shadow-log"
+            })
             .finish(std::io::stderr());
         Arc::new(DenialLog {
+            target,
             // The count shares one atomic with the second: 32 bits each.
             rate: rate.min(u64::from(u32::MAX)),
             started: Instant::now(),
@@ -124,14 +184,9 @@ impl DenialLog {
     /// Logs one denial, unless this second's lines are spent; then counts it
     /// as dropped.
     pub fn deny(&self, api: Api, tenant: &str, request: &Request<'_>, decision: &Decision<'_>) {
-        if !self.take() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let time = now();
-        let line = Line {
-            time: &time,
-            target: TARGET,
+        self.log(|time| Line {
+            time,
+            target: self.target,
             api: api.as_str(),
             tenant: capped(tenant, MAX_TENANT),
             origin: request.origin.map(|o| capped(o, MAX_ORIGIN)),
@@ -142,8 +197,36 @@ impl DenialLog {
             policy_version: decision.policy_version,
             authority: capped(request.authority, MAX_AUTHORITY),
             path: capped(request.path, MAX_PATH),
-        };
-        self.write_line(&line);
+        });
+    }
+
+    /// Logs one decision a candidate changes, unless this second's lines
+    /// are spent; then counts it as dropped.
+    pub fn change(&self, api: Api, tenant: &str, request: &Request<'_>, live: &Decision<'_>, shadow: &Shadowed<'_>) {
+        self.log(|time| ShadowLine {
+            time,
+            target: self.target,
+            api: api.as_str(),
+            tenant: capped(tenant, MAX_TENANT),
+            origin: request.origin.map(|o| capped(o, MAX_ORIGIN)),
+            method: capped(request.method, MAX_METHOD),
+            preflight: live.preflight,
+            authority: capped(request.authority, MAX_AUTHORITY),
+            path: capped(request.path, MAX_PATH),
+            change: shadow.change.as_str(),
+            live: Side::of(live),
+            candidate: Side::of(&shadow.decision),
+        });
+    }
+
+    /// Writes the line `line` makes of the time, unless this second's
+    /// lines are spent; then counts it as dropped.
+    fn log<L: Serialize>(&self, line: impl FnOnce(String) -> L) {
+        if !self.take() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.write_line(&line(now()));
     }
 
     /// Whether a line may be written in this second.
@@ -199,7 +282,7 @@ impl DenialLog {
             // Written past the queue: this count must not be lost itself.
             if let Ok(mut bytes) = serde_json::to_vec(&Dropped {
                 time: &time,
-                target: TARGET,
+                target: self.target,
                 dropped,
             }) {
                 bytes.push(b'\n');

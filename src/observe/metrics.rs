@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use super::Api;
-use crate::core::Reason;
+use crate::core::{Change, Reason};
 use crate::store::{BATCH_BUCKETS, BatchResult, DecisionCounts, PolicyStore, Prepare, ReloadResult};
 use crate::tls::TlsConfig;
 
@@ -33,6 +33,9 @@ pub struct DecisionMetrics {
     decisions: Option<[[IntCounter; Reason::ALL.len()]; 2]>,
     /// With a tenant label: decisions no tenant's policy made.
     unselected: DecisionCounts,
+    /// Shadow decisions by API, then in [`Change::ALL`] order; `None` with
+    /// a tenant label.
+    shadow: Option<[[IntCounter; Change::ALL.len()]; 2]>,
     durations: [Histogram; 2],
 }
 
@@ -51,6 +54,19 @@ impl DecisionMetrics {
         }
         if let Some(histogram) = self.durations.get(api) {
             histogram.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Counts one shadow decision; `counts` as for [`record`](Self::record).
+    pub fn record_shadow(&self, api: Api, change: Change, counts: Option<&DecisionCounts>) {
+        let api = api as usize;
+        match &self.shadow {
+            Some(shadow) => {
+                if let Some(counter) = shadow.get(api).and_then(|by_change| by_change.get(change as usize)) {
+                    counter.inc();
+                }
+            }
+            None => counts.unwrap_or(&self.unselected).count_shadow(api, change),
         }
     }
 }
@@ -72,8 +88,9 @@ pub struct Metrics<P = ()> {
     ready: IntGauge,
     /// The serving certificate's notAfter, with TLS.
     certificate: Option<(Arc<TlsConfig>, prometheus::Gauge)>,
-    /// With `--metrics-per-tenant`: the family the tenants' counts are copied into.
-    per_tenant: Option<IntCounterVec>,
+    /// With `--metrics-per-tenant`: the families the tenants' counts are
+    /// copied into (decisions, shadow decisions).
+    per_tenant: Option<(IntCounterVec, IntCounterVec)>,
     /// One scrape at a time copies counts, so two cannot both add the same
     /// difference. Scrapes only: the decision path never takes it. It holds
     /// the tenants in force at the last scrape, so the series of one that is
@@ -108,6 +125,18 @@ impl<P: Prepare> Metrics<P> {
             .buckets(BUCKETS.to_vec()),
             &["api"],
         )?;
+        let shadow_labels: &[&str] = if per_tenant {
+            &["api", "change", "tenant"]
+        } else {
+            &["api", "change"]
+        };
+        let shadow_vec = IntCounterVec::new(
+            Opts::new(
+                "corsd_shadow_decisions_total",
+                "Decisions made again by a tenant's candidate policy, by API and how the answer would change",
+            ),
+            shadow_labels,
+        )?;
         let resolve = |api: Api| {
             Reason::ALL.map(|reason| {
                 decisions_vec.with_label_values(&[api.as_str(), reason.verdict().as_str(), reason.as_str()])
@@ -116,6 +145,10 @@ impl<P: Prepare> Metrics<P> {
         let decisions = Arc::new(DecisionMetrics {
             decisions: (!per_tenant).then(|| [resolve(Api::Corsd), resolve(Api::ExtAuthz)]),
             unselected: DecisionCounts::default(),
+            shadow: (!per_tenant).then(|| {
+                [Api::Corsd, Api::ExtAuthz]
+                    .map(|api| Change::ALL.map(|change| shadow_vec.with_label_values(&[api.as_str(), change.as_str()])))
+            }),
             durations: [Api::Corsd, Api::ExtAuthz].map(|api| durations_vec.with_label_values(&[api.as_str()])),
         });
         let reloads_vec = IntCounterVec::new(
@@ -156,8 +189,9 @@ impl<P: Prepare> Metrics<P> {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        let per_tenant = per_tenant.then(|| decisions_vec.clone());
+        let per_tenant = per_tenant.then(|| (decisions_vec.clone(), shadow_vec.clone()));
         registry.register(Box::new(decisions_vec))?;
+        registry.register(Box::new(shadow_vec))?;
         registry.register(Box::new(durations_vec))?;
         registry.register(Box::new(reloads_vec))?;
         registry.register(Box::new(batches_vec))?;
@@ -222,9 +256,16 @@ impl<P: Prepare> Metrics<P> {
         self.stale
             .set(i64::try_from(self.store.stale_count()).unwrap_or(i64::MAX));
         self.last_reload.set(self.store.last_swap_unix_ms() as f64 / 1000.0);
-        if let Some(family) = &self.per_tenant {
+        if let Some((family, shadow_family)) = &self.per_tenant {
             let copy = |tenant: &str, counts: &DecisionCounts, more: Option<&DecisionCounts>| {
                 for (api_index, api) in [Api::Corsd, Api::ExtAuthz].into_iter().enumerate() {
+                    for change in Change::ALL {
+                        let n = counts.shadow(api_index, change) + more.map_or(0, |m| m.shadow(api_index, change));
+                        if n > 0 {
+                            let counter = shadow_family.with_label_values(&[api.as_str(), change.as_str(), tenant]);
+                            counter.inc_by(n.saturating_sub(counter.get()));
+                        }
+                    }
                     for (reason_index, reason) in Reason::ALL.into_iter().enumerate() {
                         let n =
                             counts.get(api_index, reason_index) + more.map_or(0, |m| m.get(api_index, reason_index));
@@ -251,6 +292,9 @@ impl<P: Prepare> Metrics<P> {
                         for reason in Reason::ALL {
                             let labels = [api.as_str(), reason.verdict().as_str(), reason.as_str(), name.as_str()];
                             let _ = family.remove_label_values(&labels);
+                        }
+                        for change in Change::ALL {
+                            let _ = shadow_family.remove_label_values(&[api.as_str(), change.as_str(), name.as_str()]);
                         }
                     }
                 }

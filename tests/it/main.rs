@@ -33,6 +33,7 @@ mod reload;
 mod replicas;
 mod serve_process;
 mod service;
+mod shadow;
 mod tenants;
 mod tls;
 mod transport;

@@ -104,6 +104,7 @@ async fn list_entries_pages_in_file_order() {
                 page_token: token.clone(),
                 origin: String::new(),
                 tenant: String::new(),
+                unused_only: false,
             })
             .await
             .unwrap()

@@ -52,7 +52,7 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
         for (tenant, snapshot) in [("", single), ("acme", acme)] {
             let decision = decide(&snapshot.policy, &r.request());
             let want = to_proto(tenant, &decision).encode_to_vec();
-            if encode_check_origin_from(tenant, &decision, Some(snapshot))
+            if encode_check_origin_from(tenant, &decision, Some(snapshot), None)
                 .unwrap()
                 .as_bytes()
                 != want
@@ -66,7 +66,7 @@ fn answers_are_the_bytes_prost_writes_for_every_case() {
                 failures.push(format!("{}: no parts were prepared for tenant {tenant:?}", case.name));
             }
             let other = to_proto("other", &decision).encode_to_vec();
-            if encode_check_origin_from("other", &decision, Some(snapshot))
+            if encode_check_origin_from("other", &decision, Some(snapshot), None)
                 .unwrap()
                 .as_bytes()
                 != other
@@ -352,6 +352,16 @@ fn long_origin() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+/// A candidate for [`long_policy`]'s tenant: other origins, other headers.
+fn candidate_policy() -> corsd::core::Policy {
+    let text = "[cors]\nexpose_headers = [\"x-request-id\"]\nallow_credentials = false\n\
+                [[entries]]\norigin = \"https://evil.example\"\n\
+                [[entries]]\norigin = \"https://*.wild.example.net\"\n";
+    corsd::core::Policy::compile("candidate.toml", text.as_bytes())
+        .unwrap()
+        .policy
+}
+
 proptest! {
     #[test]
     fn answers_are_the_bytes_prost_writes_for_arbitrary_decisions(
@@ -376,9 +386,28 @@ proptest! {
             path,
         };
         let decision = decide(&policy, &request);
+        let candidate = candidate_policy();
+        let shadow_decision = decide(&candidate, &request);
+        let shadowed = corsd::core::shadow::Shadowed {
+            change: corsd::core::shadow::compare(&decision, &shadow_decision),
+            decision: shadow_decision,
+        };
         for tenant in ["", "acme"] {
             let ours = encode_check_origin(tenant, &decision).unwrap();
             prop_assert_eq!(ours.as_bytes(), &to_proto(tenant, &decision).encode_to_vec()[..]);
+            let ours = encode_check_origin_from(tenant, &decision, None, Some(&shadowed)).unwrap();
+            let want = corsd::grpc::cors_policy::to_proto_shadowed(tenant, &decision, Some(&shadowed));
+            prop_assert_eq!(ours.as_bytes(), &want.encode_to_vec()[..]);
+            for with_metadata in [true, false] {
+                let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
+                    corsd::grpc::ext_authz::encode_check_response_shadowed(tenant, &decision, with_metadata, Some(shadowed.change))
+                        .unwrap()
+                        .as_bytes(),
+                )
+                .unwrap();
+                let want = corsd::grpc::ext_authz::to_check_response_shadowed(tenant, &decision, with_metadata, Some(shadowed.change));
+                prop_assert_eq!(ours, want);
+            }
             for with_metadata in [true, false] {
                 let ours = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(
                     encode_check_response(tenant, &decision, with_metadata).unwrap().as_bytes(),
