@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 
 use crate::core::Policy;
-use crate::native::envoy::envoy_config;
+use crate::native::envoy::envoy_config_shadowed;
 use crate::native::envoy_config_json;
 
 /// Flags of `corsd envoy-config`.
@@ -30,6 +30,13 @@ pub(super) struct EnvoyConfigArgs {
     /// The tenant of --policy-dir whose policy to compile.
     #[arg(long, requires = "policy_dir")]
     tenant: Option<String>,
+    /// A candidate policy (with --policy), compiled into the RBAC filter's
+    /// shadow_matcher: counted and logged by Envoy, never enforced.
+    #[arg(long, requires = "policy", value_name = "FILE")]
+    shadow_policy: Option<PathBuf>,
+    /// Candidate policies (with --policy-dir): DIR/NAME.toml is tenant NAME's.
+    #[arg(long, requires = "policy_dir", value_name = "DIR")]
+    shadow_policy_dir: Option<PathBuf>,
     /// How to print the fragments.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
@@ -63,9 +70,24 @@ pub(super) fn run(args: &EnvoyConfigArgs) -> ExitCode {
         },
         _ => return ExitCode::from(2),
     };
+    let candidates: Vec<(String, Policy)> = match (&args.shadow_policy, &args.shadow_policy_dir) {
+        (Some(path), _) => match super::validate::load(path) {
+            Ok(compiled) => vec![(String::new(), compiled.policy)],
+            Err(code) => return code,
+        },
+        (None, Some(dir)) => match super::validate::load_dir(dir) {
+            Ok(tenants) => tenants.into_iter().map(|(name, _, p, _)| (name, p)).collect(),
+            Err(code) => return code,
+        },
+        (None, None) => Vec::new(),
+    };
+    let candidate = |tenant: &str| candidates.iter().find(|(name, _)| name == tenant).map(|(_, p)| p);
     let compiled: Result<Vec<(String, serde_json::Value)>, String> = policies
         .iter()
-        .map(|(tenant, policy)| Ok((tenant.clone(), envoy_config_json(&envoy_config(policy, tenant))?)))
+        .map(|(tenant, policy)| {
+            let config = envoy_config_shadowed(policy, candidate(tenant), tenant);
+            Ok((tenant.clone(), envoy_config_json(&config)?))
+        })
         .collect();
     let value = match compiled {
         Ok(mut objects) if objects.len() == 1 => objects.remove(0).1,

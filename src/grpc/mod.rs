@@ -164,7 +164,8 @@ pub async fn serve_counted(
     };
     let xds = options.xds.then(|| {
         envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryServiceServer::new(
-            xds::ExtensionConfigs::new(std::sync::Arc::clone(path.store()), options.admin.clone(), stopping),
+            xds::ExtensionConfigs::new(std::sync::Arc::clone(path.store()), options.admin.clone(), stopping)
+                .with_shadow(path.shadow().cloned()),
         )
     });
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(

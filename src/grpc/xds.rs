@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::admin::AdminGate;
 use super::{Snapshot, Store};
 use crate::native::envoy::{RBAC_FILTER, served_extension};
+use crate::store::PolicyStore;
 
 /// The type of every resource served.
 pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
@@ -32,6 +33,8 @@ pub const TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtens
 #[derive(Debug, Clone)]
 pub struct ExtensionConfigs {
     store: Arc<Store>,
+    /// The candidates (`--shadow-policy`), served as each filter's shadow matcher.
+    shadow: Option<Arc<PolicyStore>>,
     admin: AdminGate,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -42,44 +45,69 @@ impl ExtensionConfigs {
     /// with UNAVAILABLE once `stopping` turns true, so Envoy moves on to
     /// another replica.
     pub fn new(store: Arc<Store>, admin: AdminGate, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        ExtensionConfigs { store, admin, stopping }
+        ExtensionConfigs {
+            store,
+            shadow: None,
+            admin,
+            stopping,
+        }
+    }
+
+    /// The same service, each tenant's candidate in `shadow` served as its
+    /// filter's shadow matcher.
+    pub fn with_shadow(mut self, shadow: Option<Arc<PolicyStore>>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// The policies in force for `names`, each known one's tenant and
     /// snapshot; `*` (a wildcard subscription): every tenant's.
-    fn snapshots(&self, names: &[String]) -> Vec<(String, Arc<Snapshot>)> {
+    fn snapshots(&self, names: &[String]) -> Vec<Served> {
+        let candidate = |tenant: &str| self.shadow.as_ref().and_then(|s| s.tenant(tenant));
         if names.iter().any(|n| n == "*") {
             return self
                 .store
                 .tenants_full()
                 .sorted()
                 .into_iter()
-                .map(|(name, snapshot)| (name.to_owned(), Arc::clone(snapshot)))
+                .map(|(name, snapshot)| (name.to_owned(), Arc::clone(snapshot), candidate(name)))
                 .collect();
         }
         names
             .iter()
             .filter_map(|name| {
                 let tenant = self.tenant_of(name)?;
-                Some((tenant.to_owned(), self.store.tenant(tenant)?))
+                Some((tenant.to_owned(), self.store.tenant(tenant)?, candidate(tenant)))
             })
             .collect()
     }
 
     /// The version of what `names` stand for: their policy versions (one
-    /// name: its policy's version).
-    fn version(snapshots: &[(String, Arc<Snapshot>)]) -> String {
-        let versions: Vec<&str> = snapshots.iter().map(|(_, s)| s.policy.version()).collect();
+    /// name: its policy's version), each with `+` and its candidate's.
+    fn version(snapshots: &[Served]) -> String {
+        let versions: Vec<String> = snapshots
+            .iter()
+            .map(|(_, s, candidate)| match candidate {
+                Some(c) => format!("{}+{}", s.policy.version(), c.policy.version()),
+                None => s.policy.version().to_owned(),
+            })
+            .collect();
         versions.join(",")
     }
 
     /// The response carrying `snapshots`' resources.
-    fn response(snapshots: &[(String, Arc<Snapshot>)], nonce: u64) -> DiscoveryResponse {
+    fn response(snapshots: &[Served], nonce: u64) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: Self::version(snapshots),
             resources: snapshots
                 .iter()
-                .map(|(tenant, snapshot)| pack_any(served_extension(&snapshot.policy, tenant)))
+                .map(|(tenant, snapshot, candidate)| {
+                    pack_any(served_extension(
+                        &snapshot.policy,
+                        candidate.as_ref().map(|c| &c.policy),
+                        tenant,
+                    ))
+                })
                 .collect(),
             type_url: TYPE_URL.to_owned(),
             nonce: nonce.to_string(),
@@ -97,6 +125,9 @@ impl ExtensionConfigs {
             .filter(|_| !self.store.is_single())
     }
 }
+
+/// A tenant served: its name, its snapshot and its candidate's, if any.
+type Served = (String, Arc<Snapshot>, Option<Arc<crate::store::Snapshot>>);
 
 type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -117,6 +148,7 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut swaps = service.store.follow();
+            let mut candidate_swaps = service.shadow.as_ref().map(|s| s.follow());
             let mut wanted: Option<Vec<String>> = None;
             let mut sent_version: Option<String> = None;
             let mut nonce = 0u64;
@@ -144,6 +176,12 @@ impl ExtensionConfigDiscoveryService for ExtensionConfigs {
                         Ok(None) | Err(_) => return,
                     },
                     changed = swaps.changed() => if changed.is_err() { return },
+                    changed = async {
+                        match &mut candidate_swaps {
+                            Some(swaps) => swaps.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => if changed.is_err() { return },
                     () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
                         let _ = send.send(Err(Status::unavailable("corsd is shutting down"))).await;
                         return;

@@ -72,15 +72,24 @@ pub struct EnvoyConfig {
 
 /// Compiles `policy` (of `tenant`, `""` in single mode) into Envoy's filters.
 pub fn envoy_config(policy: &Policy, tenant: &str) -> EnvoyConfig {
+    envoy_config_shadowed(policy, None, tenant)
+}
+
+/// [`envoy_config`] with `candidate` in every RBAC filter's
+/// `shadow_matcher`: Envoy then counts `shadow_allowed` and `shadow_denied`
+/// and sets `shadow_engine_result` for its access log, enforcing nothing of it.
+pub fn envoy_config_shadowed(policy: &Policy, candidate: Option<&Policy>, tenant: &str) -> EnvoyConfig {
+    let shadow = candidate.map(plan);
+    let shadow = shadow.as_ref();
     let plan = plan(policy);
     let rbac_name = rbac_filter_name(tenant);
     let cors = pack_any(cors_policy(&plan));
     let (listener_rbac, typed_per_filter_config, routes) = if plan.scope_paths.is_empty() {
         let vhost = BTreeMap::from([(CORS_FILTER.to_owned(), cors)]);
-        (scoped_rbac(&plan, false), vhost, BTreeMap::new())
+        (scoped_rbac(&plan, shadow, false), vhost, BTreeMap::new())
     } else {
         let per_route = pack_any(RbacPerRoute {
-            rbac: Some(scoped_rbac(&plan, false)),
+            rbac: Some(scoped_rbac(&plan, shadow, false)),
         });
         let routes = plan
             .scope_paths
@@ -119,13 +128,22 @@ pub fn envoy_config(policy: &Policy, tenant: &str) -> EnvoyConfig {
 /// decision at the listener, the scope hosts and paths included, so that one
 /// swapped resource changes every route. Without scope paths it is the
 /// [`envoy_config`] listener filter's config.
-pub fn served_rbac(policy: &Policy) -> Rbac {
-    scoped_rbac(&plan(policy), true)
+pub fn served_rbac(policy: &Policy, candidate: Option<&Policy>) -> Rbac {
+    scoped_rbac(&plan(policy), candidate.map(plan).as_ref(), true)
+}
+
+/// The RBAC filter of `plan`, with `shadow`'s decision as its shadow matcher.
+fn scoped_rbac(plan: &NativePlan, shadow: Option<&NativePlan>, paths: bool) -> Rbac {
+    let mut rbac = enforced_rbac(plan, paths);
+    if let Some(shadow) = shadow {
+        rbac.shadow_matcher = enforced_rbac(shadow, paths).matcher;
+    }
+    rbac
 }
 
 /// The decision by origin, applied only to requests inside the scope's
 /// hosts (and, with `paths`, its paths); others pass.
-fn scoped_rbac(plan: &NativePlan, paths: bool) -> Rbac {
+fn enforced_rbac(plan: &NativePlan, paths: bool) -> Rbac {
     let mut tests = Vec::new();
     if let Some(authority) = &plan.scope_authority {
         tests.push(single(":authority", regex(authority.clone())));
@@ -156,10 +174,10 @@ fn scoped_rbac(plan: &NativePlan, paths: bool) -> Rbac {
 }
 
 /// The ECDS resource for `tenant`: [`served_rbac`] under its filter name.
-pub fn served_extension(policy: &Policy, tenant: &str) -> TypedExtensionConfig {
+pub fn served_extension(policy: &Policy, candidate: Option<&Policy>, tenant: &str) -> TypedExtensionConfig {
     TypedExtensionConfig {
         name: rbac_filter_name(tenant),
-        typed_config: Some(pack_any(served_rbac(policy))),
+        typed_config: Some(pack_any(served_rbac(policy, candidate))),
     }
 }
 
@@ -332,6 +350,33 @@ fn local_reply_config() -> LocalReplyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_candidate_is_the_shadow_matcher_of_every_rbac_filter() {
+        let compile = |text: &str| {
+            Policy::compile("t.toml", text.as_bytes())
+                .map(|c| c.policy)
+                .unwrap_or_else(|e| unreachable!("{}", e.display("t.toml")))
+        };
+        let live = compile("[[entries]]\norigin = \"https://a.example.com\"\n");
+        let candidate = compile("[[entries]]\norigin = \"https://b.example.com\"\n");
+        let shadowed = served_rbac(&live, Some(&candidate));
+        assert_eq!(
+            shadowed.matcher,
+            served_rbac(&live, None).matcher,
+            "the live decision is enforced"
+        );
+        assert_eq!(shadowed.shadow_matcher, served_rbac(&candidate, None).matcher);
+        assert!(served_rbac(&live, None).shadow_matcher.is_none());
+        let config = envoy_config_shadowed(&live, Some(&candidate), "");
+        let rbac = match &config.http_filters[0].config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => {
+                <Rbac as prost::Message>::decode(any.value.as_slice()).unwrap()
+            }
+            other => unreachable!("{other:?}"),
+        };
+        assert_eq!(rbac.shadow_matcher, shadowed.shadow_matcher);
+    }
 
     #[test]
     fn scope_paths_become_routes() {
