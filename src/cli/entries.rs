@@ -23,12 +23,30 @@ use crate::policy_file::{self, Outcome};
 /// `corsd entries`.
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum EntriesCommand {
-    /// List the entries in file order.
-    #[command(after_help = "Example:\n  corsd entries list examples/policy.toml --json")]
+    /// List the entries in file order: of a file, or in force on a server
+    /// with their usage.
+    #[command(
+        after_help = "Examples:\n  corsd entries list examples/policy.toml --json\n  corsd entries list --server 127.0.0.1:50051 --tenant acme --unused"
+    )]
     List {
         /// The policy file.
-        file: PathBuf,
-        /// Print an array of {"origin","note","line"}.
+        #[arg(required_unless_present = "server")]
+        file: Option<PathBuf>,
+        /// A corsd serving gRPC at host:port: list the entries in force there,
+        /// with how many decisions each allowed (an admin call).
+        #[arg(long, conflicts_with = "file", value_name = "ADDR")]
+        server: Option<String>,
+        /// With --server: the tenant whose entries to list ("" in single mode).
+        #[arg(long, requires = "server", default_value = "")]
+        tenant: String,
+        /// With --server: only the entries that allowed nothing since the server started.
+        #[arg(long, requires = "server")]
+        unused: bool,
+        /// With --server: a file holding the bearer token admin calls need.
+        #[arg(long, requires = "server", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Print an array of {"origin","note","line"} (with --server, also
+        /// "hits" and "last_hit_unix_ms").
         #[arg(long)]
         json: bool,
     },
@@ -63,7 +81,18 @@ pub(super) enum EntriesCommand {
 
 pub(super) fn run(command: EntriesCommand) -> ExitCode {
     match command {
-        EntriesCommand::List { file, json } => list(&file, json),
+        EntriesCommand::List {
+            file,
+            server,
+            tenant,
+            unused,
+            token_file,
+            json,
+        } => match (file, server) {
+            (_, Some(server)) => super::entries_server::list(&server, &tenant, unused, token_file.as_deref(), json),
+            (Some(file), None) => list(&file, json),
+            (None, None) => ExitCode::from(2),
+        },
         EntriesCommand::Add {
             file,
             origin,

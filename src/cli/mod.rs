@@ -9,6 +9,7 @@
 mod check;
 mod diff;
 mod entries;
+mod entries_server;
 mod envoy_config;
 mod serve;
 mod validate;

@@ -16,7 +16,7 @@ use crate::core::origin::{RequestOrigin, parse_request_origin};
 use crate::core::shadow::Shadowed;
 use crate::core::{Change, Decision, Policy, Reason, ResponseHeader, Verdict};
 use crate::observe::Api;
-use crate::store::{PolicyStore, Prepare};
+use crate::store::{Hits, PolicyStore, Prepare};
 
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -379,7 +379,7 @@ impl CorsPolicy for CorsPolicyService {
                 Err(why) => return Err(Status::invalid_argument(format!("`origin` filter: {why}"))),
             }
         };
-        let matching: Vec<(usize, &crate::core::Entry)> = policy
+        let matching: Vec<(usize, &crate::core::Entry, Hits)> = policy
             .entries()
             .iter()
             .enumerate()
@@ -388,18 +388,20 @@ impl CorsPolicy for CorsPolicyService {
                 Some(None) => false,
                 Some(Some(origin)) => crate::core::allowlist::matches(&e.pattern, origin),
             })
+            .map(|(i, e)| (i, e, snapshot.usage.total(i)))
+            .filter(|(_, _, hits)| !r.unused_only || hits.hits == 0)
             .collect();
         let total = matching.len();
         let page: Vec<pb::Entry> = matching
             .iter()
             .skip(start)
             .take(page_size)
-            .map(|(_, e)| pb::Entry {
+            .map(|(_, e, hits)| pb::Entry {
                 pattern: e.pattern.to_string(),
                 note: e.note.clone(),
                 line: e.line,
-                hits: 0,
-                last_hit_unix_ms: 0,
+                hits: hits.hits,
+                last_hit_unix_ms: hits.last_hit_unix_ms,
             })
             .collect();
         let end = start.saturating_add(page.len());

@@ -87,6 +87,11 @@ impl DecisionPath {
             selected,
         } = decide_for(&tenants, named, request);
         observe::decision(api, tenant, request, &decision);
+        if let (Some(entry), Some(snapshot)) = (decision.matched, selected)
+            && decision.verdict == Verdict::Allow
+        {
+            snapshot.usage.hit(snapshot.policy.entries(), entry);
+        }
         // Only what a live policy decided is shadowed.
         let candidates = self.shadow.as_ref().filter(|_| selected.is_some()).map(|s| s.tenants());
         let shadowed = candidates.as_ref().and_then(|c| c.get(tenant)).map(|candidate| {

@@ -37,4 +37,5 @@ mod shadow;
 mod tenants;
 mod tls;
 mod transport;
+mod usage;
 mod wire;

@@ -8,13 +8,11 @@ use std::time::{Duration, Instant};
 
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
 use corsd::grpc::pb::{Change, CheckOriginRequest, CheckOriginResponse, ListTenantsRequest, Verdict};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
 use crate::common::envoy::{free_port, request_at};
 use crate::common::process::Corsd;
-use crate::common::write_file;
+use crate::common::{authz_get, write_file};
 
 fn policy(origins: &[&str], extra: &str) -> String {
     let mut text = String::from(extra);
@@ -118,23 +116,7 @@ async fn a_candidate_decides_every_request_again_and_is_never_enforced() {
 
     // ext_authz: the change is in the metadata, even on an allowed answer.
     let mut authz = AuthorizationClient::new(corsd.channel().await);
-    let check = |origin: &str| CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    scheme: "https".into(),
-                    host: "api.example.com".into(),
-                    path: "/".into(),
-                    headers: [("origin".to_owned(), origin.to_owned())].into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: [("tenant".to_owned(), "acme".to_owned())].into(),
-            ..Default::default()
-        }),
-    };
+    let check = |origin: &str| authz_get("acme", origin);
     let answer = authz.check(check("https://old.example")).await.unwrap().into_inner();
     assert_eq!(answer.status.unwrap().code, 0, "allowed live");
     let metadata = answer.dynamic_metadata.expect("metadata on a changed answer");

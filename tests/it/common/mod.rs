@@ -277,3 +277,28 @@ pub async fn channel_when_up(addr: impl std::fmt::Display) -> tonic::transport::
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// An ext_authz `CheckRequest` as Envoy sends it for a browser's `GET
+/// https://api.example.com/` from `origin`, naming `tenant` in the route's
+/// context extensions.
+pub fn authz_get(tenant: &str, origin: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    scheme: "https".into(),
+                    host: "api.example.com".into(),
+                    path: "/".into(),
+                    headers: [("origin".to_owned(), origin.to_owned())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("tenant".to_owned(), tenant.to_owned())].into(),
+            ..Default::default()
+        }),
+    }
+}

@@ -13,6 +13,9 @@ use arc_swap::{ArcSwap, Guard};
 
 use crate::core::{Change, Policy, Reason, TenantSet};
 
+mod usage;
+pub use usage::{Hits, Usage};
+
 /// What a shell derives from one snapshot alone, built when the snapshot
 /// is swapped in and gone with it (the gRPC API keeps the parts of its
 /// answers that are the same for every request, `grpc::cors_policy`).
@@ -40,6 +43,9 @@ pub struct Snapshot<P = ()> {
     pub counts: Arc<DecisionCounts>,
     /// The shell's payload, built at swap time ([`Prepare`]).
     pub prepared: P,
+    /// How many decisions each entry allowed, carried from the tenant's
+    /// snapshot before for entries still present.
+    pub usage: Arc<Usage>,
 }
 
 /// Decisions counted by API (`corsd`, `ext_authz`) and by reason (in
@@ -354,18 +360,34 @@ impl<P: Prepare> PolicyStore<P> {
             return;
         }
         // Payloads are prepared before the writer's lock is taken.
-        let changes: Vec<TenantChange<P>> = changes
+        let prepared: Vec<(String, Option<Snapshot<P>>)> = changes
             .into_iter()
             .map(|(name, policy)| {
-                let snapshot = policy.map(|p| {
-                    let mut snapshot = snapshot(&name, p);
+                let snapshot = policy.map(|p| snapshot(&name, p));
+                (name, snapshot)
+            })
+            .collect();
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        // Usage carries on from the snapshot in force, read under the lock.
+        let in_force = self.tenants.load();
+        let changes: Vec<TenantChange<P>> = prepared
+            .into_iter()
+            .map(|(name, snapshot)| {
+                let snapshot = snapshot.map(|mut snapshot| {
                     snapshot.counts = self.counts_of(&name, &snapshot.counts);
+                    if let Some(previous) = in_force.get(&name) {
+                        snapshot.usage = Arc::new(Usage::new(
+                            &snapshot.policy,
+                            Some(&previous.usage),
+                            Some(&previous.policy),
+                        ));
+                    }
                     Arc::new(snapshot)
                 });
                 (Arc::from(name), snapshot)
             })
             .collect();
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(in_force);
         let names: Vec<Arc<str>> = changes.iter().map(|(name, _)| Arc::clone(name)).collect();
         let next = self.tenants.load().with_all(changes);
         self.tenants.store(Arc::new(next));
@@ -420,6 +442,7 @@ fn snapshot<P: Prepare>(name: &str, policy: Policy) -> Snapshot<P> {
     Snapshot {
         tenant: Arc::from(name),
         prepared: P::prepare(name, &policy),
+        usage: Arc::new(Usage::new(&policy, None, None)),
         policy,
         loaded_at_unix_ms: now_unix_ms(),
         counts: Arc::default(),
