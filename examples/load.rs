@@ -91,6 +91,11 @@ struct Args {
     /// one serving plaintext, A/B/B/A, handshakes excluded.
     #[arg(long)]
     tls_only: bool,
+    /// Only the shadow and entry-usage comparisons: CheckOrigin with a
+    /// candidate policy against without, and with usage counting against
+    /// `--entry-usage off`, A/B/B/A.
+    #[arg(long)]
+    shadow_usage_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -505,36 +510,114 @@ async fn compare(args: &Args, work: &Arc<Workload>, a: &Side<'_>, b: &Side<'_>) 
     (pa, pb)
 }
 
+/// One server's side of a comparison of two configurations.
+struct Config<'a> {
+    name: &'a str,
+    /// The server and its channels; `None`: start one with `flags`.
+    running: Option<(&'a Server, &'a [Channel])>,
+    flags: &'a [&'a str],
+}
+
+/// The side of `config`, on its running server or the one `started` for it.
+fn side<'a>(config: &Config<'a>, started: &'a Option<(Server, Vec<Channel>)>) -> Side<'a> {
+    let (server, channels) = config
+        .running
+        .or_else(|| started.as_ref().map(|(s, c)| (s, c.as_slice())))
+        .unwrap();
+    Side {
+        name: config.name,
+        server,
+        channels,
+        kind: Kind::CheckOrigin,
+    }
+}
+
+/// CheckOrigin throughput of `on` against `off` (two servers on the same
+/// policy), A/B/B/A; prints and returns on / off.
+async fn config_cost(
+    args: &Args,
+    policy: &Path,
+    work: &Arc<Workload>,
+    off: Config<'_>,
+    on: Config<'_>,
+    goal: f64,
+) -> f64 {
+    let start = async |config: &Config<'_>| match config.running {
+        Some(_) => None,
+        None => {
+            let server = Server::start_with(&args.corsd, policy, config.flags);
+            let channels = connect(&server.addr, args.connections).await;
+            Some((server, channels))
+        }
+    };
+    let (off_started, on_started) = (start(&off).await, start(&on).await);
+    println!(
+        "\nthroughput, CheckOrigin {} against {}, two servers (A/B/B/A):",
+        on.name, off.name
+    );
+    let (off_phases, on_phases) = compare(args, work, &side(&off, &off_started), &side(&on, &on_started)).await;
+    let ratio = total_rate(&on_phases) / total_rate(&off_phases);
+    println!(
+        "  {} / {}: throughput {ratio:.3} (goal >= {goal}), server CPU per call {:.3}",
+        on.name,
+        off.name,
+        total_cpu(&off_phases) / total_cpu(&on_phases)
+    );
+    ratio
+}
+
 /// CheckOrigin throughput on `server` (no metrics) against a second server
 /// on the same policy counting into Prometheus metrics (`--metrics-listen`),
 /// A/B/B/A; returns metrics-on / metrics-off.
 async fn metrics_cost(args: &Args, policy: &Path, server: &Server, channels: &[Channel], work: &Arc<Workload>) -> f64 {
-    let counted = Server::start_with(&args.corsd, policy, &["--metrics-listen", "127.0.0.1:0"]);
-    let counted_channels = connect(&counted.addr, args.connections).await;
-    println!("\nthroughput, CheckOrigin with metrics on against metrics off, two servers (A/B/B/A):");
-    let (off, on) = compare(
-        args,
-        work,
-        &Side {
-            name: "metrics off",
-            server,
-            channels,
-            kind: Kind::CheckOrigin,
-        },
-        &Side {
-            name: "metrics on",
-            server: &counted,
-            channels: &counted_channels,
-            kind: Kind::CheckOrigin,
-        },
-    )
-    .await;
-    let ratio = total_rate(&on) / total_rate(&off);
-    println!(
-        "  metrics on / off: throughput {ratio:.3} (goal >= 0.97), server CPU per call {:.3}",
-        total_cpu(&off) / total_cpu(&on)
-    );
-    ratio
+    let off = Config {
+        name: "metrics off",
+        running: Some((server, channels)),
+        flags: &[],
+    };
+    let on = Config {
+        name: "metrics on",
+        running: None,
+        flags: &["--metrics-listen", "127.0.0.1:0"],
+    };
+    config_cost(args, policy, work, off, on, 0.97).await
+}
+
+/// CheckOrigin with a candidate policy (the same entries and one more, so
+/// nearly every change is `same`) against without; and with entry usage
+/// counted against `--entry-usage off`. Returns (shadow, usage) ratios.
+async fn shadow_and_usage_cost(
+    args: &Args,
+    policy: &Path,
+    server: &Server,
+    channels: &[Channel],
+    work: &Arc<Workload>,
+) -> (f64, f64) {
+    let candidate = policy.with_file_name("candidate.toml");
+    std::fs::write(&candidate, policy_text(args.entries + 1)).unwrap();
+    let candidate = candidate.to_str().unwrap();
+    let live = || Config {
+        name: "without a candidate",
+        running: Some((server, channels)),
+        flags: &[],
+    };
+    let shadowed = Config {
+        name: "with a candidate",
+        running: None,
+        flags: &["--shadow-policy", candidate],
+    };
+    let shadow = config_cost(args, policy, work, live(), shadowed, 0.95).await;
+    let uncounted = Config {
+        name: "usage off",
+        running: None,
+        flags: &["--entry-usage", "off"],
+    };
+    let counted = Config {
+        name: "usage on",
+        ..live()
+    };
+    let usage = config_cost(args, policy, work, uncounted, counted, 0.98).await;
+    (shadow, usage)
 }
 
 /// CheckOrigin throughput on `server` (plaintext) against a second server on
@@ -776,6 +859,10 @@ async fn main() {
 
     if args.tls_only {
         tls_cost(&args, &path, &server, &channels, &work).await;
+        return;
+    }
+    if args.shadow_usage_only {
+        shadow_and_usage_cost(&args, &path, &server, &channels, &work).await;
         return;
     }
     let metrics_ratio = metrics_cost(&args, &path, &server, &channels, &work).await;

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     /// Log the decisions a candidate would change, at most this many lines a
     /// second; off when `None`.
     pub log_shadow: Option<u64>,
+    /// Count each entry's allowed decisions.
+    pub entry_usage: bool,
     /// After SIGTERM, how long to keep serving with health NOT_SERVING.
     pub drain_delay: Duration,
     /// Then, how long calls in flight may take to finish.
@@ -307,7 +309,8 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
     let shadow_log_at_exit = shadow_log.clone();
     let path = grpc::decision::DecisionPath::with_metrics(store, metrics)
         .logging_denials(denials)
-        .shadowing(shadow, shadow_log);
+        .shadowing(shadow, shadow_log)
+        .counting_usage(args.entry_usage);
     let options = grpc::ServeOptions {
         tls,
         admin,

@@ -112,6 +112,10 @@ pub(super) struct ServeArgs {
     /// Candidate policies (with --policy-dir): DIR/NAME.toml is tenant NAME's.
     #[arg(long, env = "CORSD_SHADOW_POLICY_DIR", requires = "policy_dir", value_name = "DIR")]
     shadow_policy_dir: Option<PathBuf>,
+    /// Count, per entry, the decisions it allowed (ListEntries' hits,
+    /// `corsd entries list --server`); off: every entry shows 0.
+    #[arg(long, env = "CORSD_ENTRY_USAGE", value_enum, default_value_t = Switch::On)]
+    entry_usage: Switch,
     /// Write one JSON line per decision a candidate would change (target corsd::shadow).
     #[arg(long, env = "CORSD_LOG_SHADOW")]
     log_shadow: bool,
@@ -128,6 +132,15 @@ enum MetadataArg {
     /// Every answer.
     All,
     /// None.
+    Off,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    /// On.
+    On,
+    /// Off.
     Off,
 }
 
@@ -202,6 +215,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         metrics_per_tenant: args.metrics_per_tenant,
         log_denials: args.log_denials.then_some(args.log_denials_rate),
         log_shadow: args.log_shadow.then_some(args.log_shadow_rate),
+        entry_usage: args.entry_usage == Switch::On,
         drain_delay: args.drain_delay,
         shutdown_timeout: args.shutdown_timeout,
     };

@@ -330,7 +330,45 @@ impl Decision<'_> {
 ///
 /// Every path ends in one `Decision` expression, returned as it is built.
 pub fn decide<'a, H: AsRef<str>>(policy: &'a Policy, request: &Request<'a, H>) -> Decision<'a> {
-    decide_for_target(policy, request, Target::of(request.authority))
+    decide_parsed(policy, request, &Parsed::of(request))
+}
+
+/// [`decide`] with the parts of `request` that `parsed` has read already
+/// (for a second policy deciding the same request: a shadow candidate).
+pub fn decide_parsed<'a, H: AsRef<str>>(
+    policy: &'a Policy,
+    request: &Request<'a, H>,
+    parsed: &Parsed<'a>,
+) -> Decision<'a> {
+    decide_for_target(policy, request, parsed)
+}
+
+/// The parts of a request that every policy reads the same way, read once:
+/// its target, and its origin, parsed when a policy first needs it.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub(crate) target: Target<'a>,
+    origin: std::cell::Cell<Option<Result<RequestOrigin<'a>, Malformed>>>,
+}
+
+impl<'a> Parsed<'a> {
+    /// Nothing read yet but the target.
+    pub fn of<H>(request: &Request<'a, H>) -> Self {
+        Parsed {
+            target: Target::of(request.authority),
+            origin: std::cell::Cell::new(None),
+        }
+    }
+
+    /// `value` (the request's `Origin`) parsed, once.
+    fn origin(&self, value: &'a str) -> Result<RequestOrigin<'a>, Malformed> {
+        if let Some(parsed) = self.origin.get() {
+            return parsed;
+        }
+        let parsed = parse_request_origin(value);
+        self.origin.set(Some(parsed));
+        parsed
+    }
 }
 
 /// The target's host and port, read once from its authority for the tenant,
@@ -354,8 +392,9 @@ impl<'a> Target<'a> {
 pub(crate) fn decide_for_target<'a, H: AsRef<str>>(
     policy: &'a Policy,
     request: &Request<'a, H>,
-    target: Target<'a>,
+    parsed: &Parsed<'a>,
 ) -> Decision<'a> {
+    let target = parsed.target;
     if !policy.scope.covers(target.host_or(request.authority), request.path) {
         return not_cors(policy, Reason::OutOfScope, ResponseHeaders::default());
     }
@@ -368,7 +407,7 @@ pub(crate) fn decide_for_target<'a, H: AsRef<str>>(
         let why = "the Origin header came on several lines";
         return deny(policy, preflight, Reason::OriginMalformed, None, Some(why));
     }
-    let origin = match parse_request_origin(origin_value) {
+    let origin = match parsed.origin(origin_value) {
         Ok(RequestOrigin::Tuple(origin)) => origin,
         Ok(RequestOrigin::Null) => return deny(policy, preflight, Reason::OriginNull, None, None),
         Err(Malformed(why)) => return deny(policy, preflight, Reason::OriginMalformed, None, Some(why)),

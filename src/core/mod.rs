@@ -13,8 +13,10 @@ mod request_headers;
 pub mod shadow;
 pub mod tenants;
 
-pub use decide::{Answer, Decision, HeaderName, Reason, Request, ResponseHeader, Verdict, decide};
+pub use decide::{
+    Answer, Decision, HeaderName, Parsed, Reason, Request, ResponseHeader, Verdict, decide, decide_parsed,
+};
 pub use pattern::{OriginPattern, PatternError};
 pub use policy::{Compiled, Diagnostic, Entry, Policy, PolicyError, Severity};
 pub use shadow::Change;
-pub use tenants::{Selection, TenantDecision, TenantSet, decide_for, is_tenant_name};
+pub use tenants::{Selection, TenantDecision, TenantSet, decide_for, decide_for_parsed, is_tenant_name};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use super::decide::{Decision, Reason, Request, Target, decide_for_target, without_policy};
+use super::decide::{Decision, Parsed, Reason, Request, Target, decide_for_target, without_policy};
 use super::origin::MAX_HOST_LEN;
 use super::policy::Policy;
 
@@ -357,16 +357,27 @@ pub fn decide_for<'a, T: AsRef<Policy>, H: AsRef<str>>(
     named: &'a str,
     request: &Request<'a, H>,
 ) -> TenantDecision<'a, T> {
+    decide_for_parsed(tenants, named, request, &Parsed::of(request))
+}
+
+/// [`decide_for`], with the parts of `request` that `parsed` holds read
+/// once, for a second decision of the same request (`decide_parsed`).
+#[inline(always)]
+pub fn decide_for_parsed<'a, T: AsRef<Policy>, H: AsRef<str>>(
+    tenants: &'a TenantSet<T>,
+    named: &'a str,
+    request: &Request<'a, H>,
+    parsed: &Parsed<'a>,
+) -> TenantDecision<'a, T> {
     let unselected = |tenant, reason| TenantDecision {
         tenant,
         decision: without_policy(reason, request),
         selected: None,
     };
-    let target = Target::of(request.authority);
-    match tenants.select_for_target(named, target.host_or(request.authority)) {
+    match tenants.select_for_target(named, parsed.target.host_or(request.authority)) {
         Selection::Tenant(tenant, selected) => TenantDecision {
             tenant,
-            decision: decide_for_target(selected.as_ref(), request, target),
+            decision: decide_for_target(selected.as_ref(), request, parsed),
             selected: Some(selected),
         },
         Selection::Unknown => unselected(named, Reason::TenantUnknown),

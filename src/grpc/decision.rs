@@ -10,7 +10,7 @@ use crate::store::PolicyStore;
 
 use super::{Snapshot, Store};
 use crate::core::shadow::{Shadowed, compare};
-use crate::core::{Change, Decision, Request, TenantDecision, Verdict, decide, decide_for};
+use crate::core::{Change, Decision, Parsed, Request, TenantDecision, Verdict, decide_for_parsed, decide_parsed};
 use crate::observe::denials::{DenialLog, ShadowLog};
 use crate::observe::metrics::DecisionMetrics;
 use crate::observe::{self, Api};
@@ -24,6 +24,8 @@ pub struct DecisionPath {
     /// The candidates (`--shadow-policy`), by tenant.
     shadow: Option<Arc<PolicyStore>>,
     shadow_log: Option<Arc<ShadowLog>>,
+    /// Count each entry's allowed decisions (`--entry-usage`).
+    usage: bool,
 }
 
 impl DecisionPath {
@@ -40,6 +42,7 @@ impl DecisionPath {
             denials: None,
             shadow: None,
             shadow_log: None,
+            usage: true,
         }
     }
 
@@ -54,6 +57,12 @@ impl DecisionPath {
     pub fn shadowing(mut self, shadow: Option<Arc<PolicyStore>>, log: Option<Arc<ShadowLog>>) -> Self {
         self.shadow = shadow;
         self.shadow_log = log;
+        self
+    }
+
+    /// The same path, counting each entry's allowed decisions or not.
+    pub fn counting_usage(mut self, usage: bool) -> Self {
+        self.usage = usage;
         self
     }
 
@@ -81,21 +90,24 @@ impl DecisionPath {
     ) -> R {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let tenants = self.store.tenants();
+        // Read once for the live policy and the candidate.
+        let parsed = Parsed::of(request);
         let TenantDecision {
             tenant,
             decision,
             selected,
-        } = decide_for(&tenants, named, request);
+        } = decide_for_parsed(&tenants, named, request, &parsed);
         observe::decision(api, tenant, request, &decision);
         if let (Some(entry), Some(snapshot)) = (decision.matched, selected)
             && decision.verdict == Verdict::Allow
+            && self.usage
         {
             snapshot.usage.hit(snapshot.policy.entries(), entry);
         }
         // Only what a live policy decided is shadowed.
         let candidates = self.shadow.as_ref().filter(|_| selected.is_some()).map(|s| s.tenants());
         let shadowed = candidates.as_ref().and_then(|c| c.get(tenant)).map(|candidate| {
-            let shadow = decide(&candidate.policy, request);
+            let shadow = decide_parsed(&candidate.policy, request, &parsed);
             Shadowed {
                 change: compare(&decision, &shadow),
                 decision: shadow,

@@ -87,9 +87,9 @@ fn shards() -> usize {
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % shards();
     }
-    SHARD.with(|s| *s) % shards()
+    SHARD.with(|s| *s)
 }
 
 fn now_unix_ms() -> i64 {
