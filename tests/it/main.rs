@@ -26,6 +26,7 @@ mod layouts;
 mod load_smoke;
 mod metrics;
 mod native;
+mod native_shadow;
 mod no_alloc;
 mod ops_kit;
 mod properties;

@@ -80,7 +80,7 @@ fn bootstrap(http_filters: Vec<Value>, virtual_hosts: Value, local_reply: &Value
 /// hosts' virtual host carries the fragment (its paths as routes matched
 /// with `path_separated_prefix`), every other host goes to the API without
 /// a CORS policy.
-fn static_bootstrap(fragment: &Value, scope_hosts: &[&str]) -> String {
+pub(crate) fn static_bootstrap(fragment: &Value, scope_hosts: &[&str]) -> String {
     let route = |matcher: Value, per_filter: Option<&Value>| {
         let mut route = json!({"match": matcher, "route": {"cluster": "api"}});
         if let Some(configs) = per_filter {
@@ -120,7 +120,7 @@ fn outside_scope() -> Value {
 }
 
 /// A bootstrap whose RBAC filter comes from corsd over ECDS.
-fn xds_bootstrap(scope_hosts: &[&str], cors_policy: &Value, local_reply: &Value) -> String {
+pub(crate) fn xds_bootstrap(scope_hosts: &[&str], cors_policy: &Value, local_reply: &Value) -> String {
     let rbac = json!({"name": "corsd-rbac", "config_discovery": {
         "config_source": {"resource_api_version": "V3", "api_config_source": {"api_type": "GRPC",
             "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "corsd"}}]}},
