@@ -252,3 +252,81 @@ fn a_candidate_that_does_not_load_stops_start_up() {
     assert!(stderr.contains("candidate.toml:2:"), "{stderr}");
     assert!(stderr.contains("not a valid policy"), "{stderr}");
 }
+
+/// A candidate whose tenant has no live policy is ignored, with one warning;
+/// under `--metrics-per-tenant` the shadow metric carries the tenant.
+#[tokio::test]
+async fn orphan_candidates_are_warned_of_and_tenants_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, candidates) = platform(dir.path());
+    write_file(&candidates, "ghost.toml", &policy(&["https://ghost.example"], ""));
+    let metrics_port = free_port();
+    let corsd = Corsd::start_dir(
+        &live,
+        &[
+            "--shadow-policy-dir",
+            candidates.to_str().unwrap(),
+            "--metrics-per-tenant",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        dir.path(),
+    );
+    let mut client = CorsPolicyClient::new(corsd.channel().await);
+    client
+        .check_origin(call("acme", Some("https://new.example")))
+        .await
+        .unwrap();
+    assert!(
+        client
+            .check_origin(call("ghost", Some("https://ghost.example")))
+            .await
+            .unwrap()
+            .into_inner()
+            .shadow
+            .is_none()
+    );
+    let text = metrics(metrics_port).await;
+    let series = "corsd_shadow_decisions_total{api=\"corsd\",change=\"newly_allowed\",tenant=\"acme\"}";
+    assert_eq!(sample(&text, series), 1, "{text}");
+    // The candidate is edited: still no live tenant, still one warning.
+    write_file(&candidates, "ghost.toml", &policy(&["https://ghost2.example"], ""));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let warnings = corsd
+        .log()
+        .matches("candidate policy for a tenant with no live policy")
+        .count();
+    assert_eq!(warnings, 1, "{}", corsd.log());
+    assert!(corsd.log().contains("ghost"), "{}", corsd.log());
+}
+
+#[test]
+fn check_shadow_prints_both_decisions_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = write_file(dir.path(), "policy.toml", &policy(&["https://a.example"], ""));
+    let candidate = write_file(dir.path(), "candidate.toml", &policy(&["https://b.example"], ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+        .args([
+            "check",
+            "--policy",
+            &live,
+            "--shadow",
+            &candidate,
+            "--origin",
+            "https://b.example",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the live verdict sets the exit code");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["verdict"], "deny");
+    assert_eq!(printed["shadow"]["verdict"], "allow");
+    assert_eq!(printed["shadow"]["reason"], "allowed");
+    assert_eq!(printed["shadow"]["matched_pattern"], "https://b.example");
+    assert_eq!(printed["shadow"]["change"], "newly_allowed");
+    assert_eq!(
+        printed["shadow"]["policy_version"],
+        crate::common::version_of(&policy(&["https://b.example"], ""))
+    );
+}

@@ -154,6 +154,33 @@ async fn every_allowed_decision_counts_for_its_entry_across_reloads() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("https://c.example.com"), "{text}");
 
+    // Behind a token, --token-file sends it.
+    let token = write_file(dir.path(), "admin.token", "s3cret\n");
+    let guarded = Corsd::start_dir(&live, &["--admin-token-file", &token], dir.path());
+    let list = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+            .args([
+                "entries",
+                "list",
+                "--server",
+                &format!("127.0.0.1:{}", guarded.port),
+                "--tenant",
+                "beta",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = list(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"),
+        "{refused:?}"
+    );
+    let admitted = list(&["--token-file", &token]);
+    assert!(admitted.status.success(), "{admitted:?}");
+    assert!(String::from_utf8_lossy(&admitted.stdout).contains("https://a.example.com"));
+
     // A new version: a moves and keeps its count, b's wildcard goes, d comes.
     std::fs::write(
         &acme,
