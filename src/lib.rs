@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod core;
+pub mod edit;
 pub mod grpc;
 pub mod listen;
 pub mod memory;

@@ -1,23 +1,16 @@
 //! `corsd entries list|add|remove FILE ...` (DESIGN.md section 12): edit the
-//! allowlist from the command line, safely.
-//!
-//! An edit keeps the file's comments, order and layout (`toml_edit`),
-//! validates the whole new file before writing it, and writes it atomically:
-//! a temporary dotfile in the same directory (never read by a watching
-//! `corsd serve`), fsync, rename over the file, fsync of the directory. A
-//! lock file beside the policy serialises concurrent edits, so each reads
-//! the file the previous one wrote. An invalid, duplicate or absent origin
-//! leaves the file byte for byte as it was (exit 1).
+//! allowlist from the command line, safely, with the editor the API uses
+//! ([`crate::edit`]). An invalid, duplicate or absent origin leaves the file
+//! byte for byte as it was (exit 1).
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::Serialize;
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
-use crate::core::{OriginPattern, Policy};
+use crate::core::Policy;
+use crate::edit::{EditError, Refused, add, edit_file, remove};
 use crate::policy_file::{self, Outcome};
 
 /// `corsd entries`.
@@ -148,185 +141,46 @@ fn list(file: &Path, json: bool) -> ExitCode {
     }
 }
 
-/// Why an edit was refused; the file is left as it was.
-struct Refused(String);
-
-/// Locks, reads, edits with `change`, validates, then prints or writes.
+/// Locks, reads, edits with `change`, validates, then prints or writes
+/// (`crate::edit`), saying why not as `corsd entries` always has.
 fn edit(file: &Path, dry_run: bool, change: impl FnOnce(&str, &Policy) -> Result<String, Refused>) -> ExitCode {
     let shown = file.display().to_string();
-    // The file the path leads to: the lock, the temporary file and the
-    // rename go beside it, so every symlink on the way stays a link (a
-    // ConfigMap's `..data`, `/etc/corsd/policy.toml -> /srv/...`), and two
-    // paths to one file take one lock.
-    let real = match resolve(file) {
-        Ok(real) => real,
-        Err(why) => {
-            eprintln!("{shown}: {why}; nothing was written");
-            return ExitCode::from(2);
-        }
-    };
-    let file = real.as_path();
-    // A dry run writes nothing, so it takes no lock (and creates no lock file).
-    let _lock = if dry_run {
-        None
-    } else {
-        match lock_beside(file) {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                eprintln!("{shown}: cannot lock the policy file for editing: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    };
-    let bytes = match std::fs::read(file) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!("{shown}: {}", policy_file::unreadable_message(&e));
-            return ExitCode::from(2);
-        }
-    };
-    let Ok(text) = String::from_utf8(bytes) else {
-        eprintln!("{shown}: the file is not UTF-8 text");
-        return ExitCode::from(1);
-    };
-    let policy = match policy_file::compile(&shown, text.as_bytes()) {
-        Outcome::Valid(compiled) => compiled.policy,
-        outcome => {
-            eprintln!("{}", outcome.report(&shown));
-            eprintln!("{shown}: not a valid policy now; fix it before editing entries");
-            return ExitCode::from(1);
-        }
-    };
-    let edited = match change(&text, &policy) {
+    let edited = match edit_file(file, dry_run, None, change) {
         Ok(edited) => edited,
-        Err(Refused(why)) => {
-            eprintln!("{shown}: {why}");
-            return ExitCode::from(1);
+        Err(error) => {
+            let (message, code) = match error {
+                EditError::Path(why) => (format!("{shown}: {why}; nothing was written"), 2),
+                EditError::Lock(e) => (format!("{shown}: cannot lock the policy file for editing: {e}"), 2),
+                EditError::Unreadable(e) => (format!("{shown}: {}", policy_file::unreadable_message(&e)), 2),
+                EditError::NotText => (format!("{shown}: the file is not UTF-8 text"), 1),
+                EditError::InvalidNow(error) => (
+                    format!(
+                        "{}\n{shown}: not a valid policy now; fix it before editing entries",
+                        Outcome::Invalid(error).report(&shown)
+                    ),
+                    1,
+                ),
+                EditError::Changed { current } => (format!("{shown}: changed meanwhile (now {current})"), 1),
+                EditError::Refused(why) => (format!("{shown}: {why}"), 1),
+                EditError::WouldBeInvalid(error) => (
+                    format!(
+                        "{}\n{shown}: the edit would make the file invalid; nothing was written",
+                        error.display(&shown)
+                    ),
+                    1,
+                ),
+                EditError::Write(e) => (
+                    format!("{shown}: cannot write the policy file: {e}; it is unchanged"),
+                    2,
+                ),
+            };
+            eprintln!("{message}");
+            return ExitCode::from(code);
         }
     };
-    // The whole new file must be a valid policy before anything is written.
-    if let Outcome::Invalid(error) = policy_file::compile(&shown, edited.as_bytes()) {
-        eprintln!("{}", error.display(&shown));
-        eprintln!("{shown}: the edit would make the file invalid; nothing was written");
-        return ExitCode::from(1);
-    }
     if dry_run {
-        let diff = similar::TextDiff::from_lines(&text, &edited);
+        let diff = similar::TextDiff::from_lines(&edited.old_text, &edited.new_text);
         print!("{}", diff.unified_diff().header(&shown, &shown));
-        return ExitCode::SUCCESS;
     }
-    match write_atomically(file, edited.as_bytes()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{shown}: cannot write the policy file: {e}; it is unchanged");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The edit's origin, parsed and normalised as an entry would be.
-fn pattern(origin: &str) -> Result<OriginPattern, Refused> {
-    origin
-        .parse::<OriginPattern>()
-        .map_err(|e| Refused(format!("invalid origin `{origin}`: {e}")))
-}
-
-fn add(text: &str, policy: &Policy, origin: &str, note: Option<&str>) -> Result<String, Refused> {
-    let pattern = pattern(origin)?;
-    if let Some(entry) = policy.entries().iter().find(|e| e.pattern == pattern) {
-        return Err(Refused(format!(
-            "`{pattern}` is already listed, on line {}: nothing to add",
-            entry.line
-        )));
-    }
-    let mut doc = parse(text)?;
-    let mut table = Table::new();
-    table.insert("origin", value(pattern.as_str()));
-    if let Some(note) = note {
-        table.insert("note", value(note));
-    }
-    match doc.get_mut("entries") {
-        None => {
-            let mut entries = ArrayOfTables::new();
-            entries.push(table);
-            doc.insert("entries", Item::ArrayOfTables(entries));
-        }
-        Some(Item::ArrayOfTables(entries)) => entries.push(table),
-        Some(_) => return Err(Refused("`entries` is not written as `[[entries]]` tables".to_owned())),
-    }
-    Ok(doc.to_string())
-}
-
-fn remove(text: &str, policy: &Policy, origin: &str) -> Result<String, Refused> {
-    let pattern = pattern(origin)?;
-    if !policy.entries().iter().any(|e| e.pattern == pattern) {
-        return Err(Refused(format!("`{pattern}` is not listed: nothing to remove")));
-    }
-    let mut doc = parse(text)?;
-    let Some(Item::ArrayOfTables(entries)) = doc.get_mut("entries") else {
-        return Err(Refused("`entries` is not written as `[[entries]]` tables".to_owned()));
-    };
-    // Every entry that normalises to the origin goes (duplicates too).
-    entries.retain(|table| {
-        let listed = table.get("origin").and_then(Item::as_str);
-        listed.and_then(|o| o.parse::<OriginPattern>().ok()).as_ref() != Some(&pattern)
-    });
-    Ok(doc.to_string())
-}
-
-fn parse(text: &str) -> Result<DocumentMut, Refused> {
-    text.parse::<DocumentMut>()
-        .map_err(|e| Refused(format!("cannot edit the file: {e}")))
-}
-
-/// The regular file `file` leads to, every symlink followed; why not, when
-/// it leads nowhere or to something else.
-fn resolve(file: &Path) -> Result<PathBuf, String> {
-    if let Some(what) = crate::watch::not_a_file(file) {
-        return Err(format!("not a policy file: it is {what}"));
-    }
-    std::fs::canonicalize(file).map_err(|e| policy_file::unreadable_message(&e))
-}
-
-/// An exclusive lock on `FILE.lock` beside the file, held until dropped.
-fn lock_beside(file: &Path) -> std::io::Result<File> {
-    let mut name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(file.with_file_name(name))?;
-    lock.lock()?;
-    Ok(lock)
-}
-
-/// Writes `bytes` to a dotfile beside `file`, syncs it, renames it over
-/// `file` and syncs the directory: a reader sees the old file or the new
-/// one, never half of either. The file's permissions are kept.
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.corsd-edit", std::process::id()));
-    let written = (|| {
-        let mut out = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        if let Ok(metadata) = std::fs::metadata(file) {
-            out.set_permissions(metadata.permissions())?;
-        }
-        out.write_all(bytes)?;
-        out.sync_all()?;
-        drop(out);
-        std::fs::rename(&temp, file)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
+    ExitCode::SUCCESS
 }
