@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub log_shadow: Option<u64>,
     /// Count each entry's allowed decisions.
     pub entry_usage: bool,
+    /// `DIR/NAME.token` admits admin calls about tenant `NAME` alone.
+    pub tenant_token_dir: Option<PathBuf>,
     /// After SIGTERM, how long to keep serving with health NOT_SERVING.
     pub drain_delay: Duration,
     /// Then, how long calls in flight may take to finish.
@@ -203,7 +205,14 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
         tls.watch();
     }
     raise_open_files_limit(args.limits.max_connections);
-    let admin = grpc::admin::AdminGate::new(args.admin_token_file.clone(), args.admin_sans.clone());
+    let admin = grpc::admin::AdminGate::new(args.admin_token_file.clone(), args.admin_sans.clone())
+        .with_tenant_tokens(args.tenant_token_dir.clone());
+    let audit = observe::audit::AuditLog::new();
+    let policy_source = if known.is_some() {
+        grpc::policy_admin::PolicySource::Dir(source.clone())
+    } else {
+        grpc::policy_admin::PolicySource::File(source.clone())
+    };
     if !args.listen.is_local() && admin.is_open() {
         warn!(
             addr = %addr,
@@ -270,10 +279,12 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
         None => None,
         Some(metrics_addr) => match std::net::TcpListener::bind(metrics_addr) {
             Ok(metrics_listener) => {
-                let made = Metrics::new(Arc::clone(&store), args.metrics_per_tenant).and_then(|m| match &tls {
-                    Some(tls) => m.with_tls(Arc::clone(tls)),
-                    None => Ok(m),
-                });
+                let made = Metrics::new(Arc::clone(&store), args.metrics_per_tenant)
+                    .and_then(|m| m.with_counter(audit.counter()))
+                    .and_then(|m| match &tls {
+                        Some(tls) => m.with_tls(Arc::clone(tls)),
+                        None => Ok(m),
+                    });
                 let metrics = match made {
                     Ok(metrics) => Arc::new(metrics),
                     Err(e) => {
@@ -317,6 +328,7 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
         limits: args.limits.clone(),
         xds: args.xds,
         ext_authz_metadata: args.ext_authz_metadata,
+        policy_admin: Some((policy_source, audit)),
     };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,

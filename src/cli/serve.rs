@@ -112,6 +112,10 @@ pub(super) struct ServeArgs {
     /// Candidate policies (with --policy-dir): DIR/NAME.toml is tenant NAME's.
     #[arg(long, env = "CORSD_SHADOW_POLICY_DIR", requires = "policy_dir", value_name = "DIR")]
     shadow_policy_dir: Option<PathBuf>,
+    /// A directory of tenant tokens: DIR/NAME.token admits admin calls
+    /// (PolicyAdmin, ListEntries, ListTenants) about tenant NAME alone.
+    #[arg(long, env = "CORSD_TENANT_TOKEN_DIR", value_name = "DIR")]
+    tenant_token_dir: Option<PathBuf>,
     /// Count, per entry, the decisions it allowed (ListEntries' hits,
     /// `corsd entries list --server`); off: every entry shows 0.
     #[arg(long, env = "CORSD_ENTRY_USAGE", value_enum, default_value_t = Switch::On)]
@@ -216,6 +220,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
         log_denials: args.log_denials.then_some(args.log_denials_rate),
         log_shadow: args.log_shadow.then_some(args.log_shadow_rate),
         entry_usage: args.entry_usage == Switch::On,
+        tenant_token_dir: args.tenant_token_dir,
         drain_delay: args.drain_delay,
         shutdown_timeout: args.shutdown_timeout,
     };

@@ -10,10 +10,16 @@
 //!   are compared in constant time: the time says neither where they differ
 //!   nor how long the token is.
 //!
-//! With both, either one admits. Decisions and health stay open to every
+//! - `--tenant-token-dir DIR`: `DIR/NAME.token` holds the token of tenant
+//!   `NAME`, which admits calls about that tenant alone (DESIGN.md section
+//!   17); the directory is followed like the admin token file, and the
+//!   tokens are held and compared as digests the same way.
+//!
+//! With several, any one admits. Decisions and health stay open to every
 //! client that passed the transport.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -29,6 +35,115 @@ use crate::listen::ConnectionInfo;
 pub struct AdminGate {
     token: Option<Arc<Token>>,
     sans: Arc<[String]>,
+    tenant_tokens: Option<Arc<TenantTokens>>,
+}
+
+/// Who made an admin call, as the audit log names the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Admin calls are open to every client.
+    Anyone,
+    /// The admin token.
+    AdminToken,
+    /// A client certificate with this admin SAN.
+    AdminSan(String),
+    /// The token of this tenant.
+    TenantToken(String),
+}
+
+impl Caller {
+    /// `none`, `admin-token`, `admin-san:NAME` or `tenant-token:NAME`.
+    pub fn audit_name(&self) -> String {
+        match self {
+            Caller::Anyone => "none".to_owned(),
+            Caller::AdminToken => "admin-token".to_owned(),
+            Caller::AdminSan(name) => format!("admin-san:{name}"),
+            Caller::TenantToken(name) => format!("tenant-token:{name}"),
+        }
+    }
+
+    /// The one tenant the caller may act on; `None`: every tenant.
+    pub fn only_tenant(&self) -> Option<&str> {
+        match self {
+            Caller::TenantToken(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Each tenant's token digest, from `DIR/NAME.token`, swapped whole when
+/// the directory changes.
+#[derive(Debug)]
+struct TenantTokens {
+    dir: PathBuf,
+    digests: arc_swap::ArcSwap<HashMap<String, [u8; 32]>>,
+}
+
+impl TenantTokens {
+    /// Reads `dir` now and, within a tokio runtime, follows it.
+    fn follow(dir: PathBuf) -> Arc<TenantTokens> {
+        let tokens = Arc::new(TenantTokens {
+            digests: arc_swap::ArcSwap::from_pointee(read_tenant_tokens(&dir)),
+            dir,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            match crate::watch::Watch::dir(tokens.dir.clone(), Arc::default()) {
+                Ok(mut watch) => {
+                    let weak = Arc::downgrade(&tokens);
+                    tokio::spawn(async move {
+                        loop {
+                            watch.next().await;
+                            let Some(tokens) = weak.upgrade() else { return };
+                            let dir = tokens.dir.clone();
+                            let read = tokio::task::spawn_blocking(move || read_tenant_tokens(&dir)).await;
+                            if let Ok(read) = read {
+                                tracing::info!(dir = %tokens.dir.display(), tenants = read.len(), "tenant tokens reloaded");
+                                tokens.digests.store(Arc::new(read));
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(dir = %tokens.dir.display(), "cannot watch the tenant token directory: {e}"),
+            }
+        }
+        tokens
+    }
+
+    /// The tenant whose token has the digest `given`, compared in constant
+    /// time with each (`only`: with that tenant's alone).
+    fn holder(&self, given: &[u8; 32], only: Option<&str>) -> Option<String> {
+        let digests = self.digests.load();
+        let mut found = None;
+        for (name, digest) in digests.iter() {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            if bool::from(given.ct_eq(digest)) {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+}
+
+/// `DIR/NAME.token` for every tenant name `NAME`, as digests; unreadable or
+/// empty files admit no one.
+fn read_tenant_tokens(dir: &Path) -> HashMap<String, [u8; 32]> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "cannot read the tenant token directory; no tenant token admits");
+        return HashMap::new();
+    };
+    listing
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let path = entry.path();
+            let name = path.file_name()?.to_str()?.strip_suffix(".token")?.to_owned();
+            if !crate::core::is_tenant_name(&name) {
+                return None;
+            }
+            Some((name, read_token(&path)?))
+        })
+        .collect()
 }
 
 /// The admin token as its file holds it now: its digest, or `None` when the
@@ -111,24 +226,63 @@ impl AdminGate {
         AdminGate {
             token: token_file.map(Token::follow),
             sans: sans.into(),
+            tenant_tokens: None,
         }
+    }
+
+    /// The same gate, also admitting `DIR/NAME.token`'s holder for tenant
+    /// `NAME` alone.
+    pub fn with_tenant_tokens(mut self, dir: Option<PathBuf>) -> Self {
+        self.tenant_tokens = dir.map(TenantTokens::follow);
+        self
     }
 
     /// Whether admin calls are open to every client.
     pub fn is_open(&self) -> bool {
-        self.token.is_none() && self.sans.is_empty()
+        self.token.is_none() && self.sans.is_empty() && self.tenant_tokens.is_none()
     }
 
-    /// Admits the call or answers `PERMISSION_DENIED`. A token file that
-    /// cannot be read, or is empty, admits no one by token (fail closed).
+    /// Admits an admin call about every tenant, or answers
+    /// `PERMISSION_DENIED`. A token file that cannot be read, or is empty,
+    /// admits no one by token (fail closed).
     pub async fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if self.is_open() || self.san_admits(request) {
-            return Ok(());
+        self.admin(request).map(|_| ())
+    }
+
+    /// Admits a call about `tenant`: an admin, or `tenant`'s own token.
+    pub fn admit_for<T>(&self, request: &Request<T>, tenant: &str) -> Result<Caller, Status> {
+        self.admin(request)
+            .or_else(|denied| self.tenant_token(request, Some(tenant)).ok_or(denied))
+    }
+
+    /// Admits a call about some tenant: an admin (every tenant), or any
+    /// tenant's token (that tenant alone, [`Caller::only_tenant`]).
+    pub fn admit_any<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.admin(request)
+            .or_else(|denied| self.tenant_token(request, None).ok_or(denied))
+    }
+
+    /// The tenant whose token the call carries (`only`: that tenant's).
+    fn tenant_token<T>(&self, request: &Request<T>, only: Option<&str>) -> Option<Caller> {
+        let tokens = self.tenant_tokens.as_ref()?;
+        let given: [u8; 32] = Sha256::digest(given_token(request).as_bytes()).into();
+        tokens.holder(&given, only).map(Caller::TenantToken)
+    }
+
+    /// Admits a caller with admin rights over every tenant.
+    fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if self.is_open() {
+            return Ok(Caller::Anyone);
+        }
+        if let Some(san) = self.san_admits(request) {
+            return Ok(Caller::AdminSan(san));
         }
         let Some(token) = &self.token else {
-            return Err(Status::permission_denied(
-                "admin calls need a client certificate with an admin SAN (--admin-san)",
-            ));
+            return Err(Status::permission_denied(if self.sans.is_empty() {
+                "admin calls need `authorization: Bearer TOKEN` with the tenant's token"
+            } else {
+                "admin calls need a client certificate with an admin SAN (--admin-san)"
+            }));
         };
         let denied = || {
             Status::permission_denied(if self.sans.is_empty() {
@@ -142,45 +296,42 @@ impl AdminGate {
                 "the admin token file cannot be read or is empty; admin calls are refused",
             ));
         };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .unwrap_or_default();
-        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let given: [u8; 32] = Sha256::digest(given_token(request).as_bytes()).into();
         if bool::from(given.ct_eq(&*expected)) {
-            Ok(())
+            Ok(Caller::AdminToken)
         } else {
             Err(denied())
         }
     }
 
-    /// Whether the client's certificate names one of the admin SANs.
-    fn san_admits<T>(&self, request: &Request<T>) -> bool {
+    /// The admin SAN the client's certificate names, if it names one.
+    fn san_admits<T>(&self, request: &Request<T>) -> Option<String> {
         if self.sans.is_empty() {
-            return false;
+            return None;
         }
-        let Some(own) = request
+        let own = request
             .extensions()
             .get::<ConnectionInfo>()
             .and_then(|info| info.client_certs.as_deref())
-            .and_then(<[_]>::first)
-        else {
-            return false;
-        };
-        let Ok((_, cert)) = X509Certificate::from_der(own) else {
-            return false;
-        };
-        let Ok(Some(names)) = cert.subject_alternative_name() else {
-            return false;
-        };
-        names.value.general_names.iter().any(|name| match name {
-            GeneralName::DNSName(dns) => self.sans.iter().any(|san| san.eq_ignore_ascii_case(dns)),
-            GeneralName::URI(uri) => self.sans.iter().any(|san| san == uri),
-            _ => false,
+            .and_then(<[_]>::first)?;
+        let (_, cert) = X509Certificate::from_der(own).ok()?;
+        let names = cert.subject_alternative_name().ok()??;
+        names.value.general_names.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) => self.sans.iter().find(|san| san.eq_ignore_ascii_case(dns)).cloned(),
+            GeneralName::URI(uri) => self.sans.iter().find(|san| san == uri).cloned(),
+            _ => None,
         })
     }
+}
+
+/// The token of the call's `authorization: Bearer TOKEN`; empty without one.
+fn given_token<T>(request: &Request<T>) -> &str {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

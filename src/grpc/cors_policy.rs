@@ -354,7 +354,7 @@ impl CorsPolicy for CorsPolicyService {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        self.admin.check(&request).await?;
+        self.admin.admit_for(&request, &request.get_ref().tenant)?;
         let r = request.get_ref();
         let store = self.path.store();
         let Some(snapshot) = store.tenant(&r.tenant) else {
@@ -422,7 +422,7 @@ impl CorsPolicy for CorsPolicyService {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        self.admin.check(&request).await?;
+        let caller = self.admin.admit_any(&request)?;
         let r = request.get_ref();
         let store = self.path.store();
         let tenants = store.tenants_full();
@@ -430,7 +430,11 @@ impl CorsPolicy for CorsPolicyService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let sorted = tenants.sorted();
+        let mut sorted = tenants.sorted();
+        // A tenant's token lists its own tenant alone.
+        if let Some(only) = caller.only_tenant() {
+            sorted.retain(|(name, _)| *name == only);
+        }
         // A token names the last tenant listed, so a page never repeats or
         // skips one that stayed, whatever came or went in between.
         let start = match r.page_token.strip_prefix(TENANT_TOKEN) {

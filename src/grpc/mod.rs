@@ -7,6 +7,7 @@ pub mod cors_policy;
 pub mod decision;
 pub mod ext_authz;
 pub mod limits;
+pub mod policy_admin;
 pub mod wire;
 pub mod xds;
 
@@ -100,6 +101,9 @@ pub struct ServeOptions {
     pub xds: bool,
     /// Which ext_authz answers carry `dynamic_metadata`.
     pub ext_authz_metadata: ext_authz::ExtAuthzMetadata,
+    /// Serve `corsd.v1.PolicyAdmin` over these policy files, auditing into
+    /// the log given; off when `None`.
+    pub policy_admin: Option<(policy_admin::PolicySource, crate::observe::audit::AuditLog)>,
 }
 
 /// The names under which health is reported.
@@ -169,9 +173,17 @@ pub async fn serve_counted(
         )
     });
     let cors = stubs::cors_policy_server::CorsPolicyServer::new(
-        cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin),
+        cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin.clone()),
     )
     .max_decoding_message_size(limits.max_message_bytes);
+    let admin_api = options.policy_admin.map(|(source, audit)| {
+        stubs::policy_admin_server::PolicyAdminServer::new(policy_admin::PolicyAdminService::new(
+            std::sync::Arc::clone(path.store()),
+            source,
+            options.admin.clone(),
+            audit,
+        ))
+    });
     let authz = stubs::authorization_server::AuthorizationServer::new(
         ext_authz::AuthorizationService::on_path(path).with_metadata(options.ext_authz_metadata),
     )
@@ -188,7 +200,8 @@ pub async fn serve_counted(
         .add_service(authz)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_optional_service(xds);
+        .add_optional_service(xds)
+        .add_optional_service(admin_api);
     let incoming = listen::accept(listener, options.tls, limits.max_connections);
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())

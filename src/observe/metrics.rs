@@ -223,6 +223,13 @@ impl<P: Prepare> Metrics<P> {
         })
     }
 
+    /// Also serves `counter`, counted by its owner (the audit log's
+    /// `corsd_admin_writes_total`).
+    pub fn with_counter(self, counter: IntCounterVec) -> Result<Self, MetricsError> {
+        self.registry.register(Box::new(counter))?;
+        Ok(self)
+    }
+
     /// Also serves `corsd_tls_certificate_not_after_timestamp_seconds`, the
     /// notAfter of the certificate `tls` serves now.
     pub fn with_tls(mut self, tls: Arc<TlsConfig>) -> Result<Self, MetricsError> {

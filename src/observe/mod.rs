@@ -3,6 +3,7 @@
 //! only by the one decision path (`grpc::decision`), so every decision is
 //! observed once, whichever API asked.
 
+pub mod audit;
 pub mod denials;
 pub mod http;
 pub mod metrics;

@@ -29,6 +29,7 @@ mod native;
 mod native_shadow;
 mod no_alloc;
 mod ops_kit;
+mod policy_admin;
 mod properties;
 mod reload;
 mod replicas;

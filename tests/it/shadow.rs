@@ -7,12 +7,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use corsd::grpc::pb::cors_policy_client::CorsPolicyClient;
-use corsd::grpc::pb::{Change, CheckOriginRequest, CheckOriginResponse, ListTenantsRequest, Verdict};
+use corsd::grpc::pb::{Change, CheckOriginResponse, ListTenantsRequest, Verdict};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use crate::common::envoy::{free_port, request_at};
 use crate::common::process::Corsd;
-use crate::common::{authz_get, write_file};
+use crate::common::{authz_get, check_get as call, write_file};
 
 fn policy(origins: &[&str], extra: &str) -> String {
     let mut text = String::from(extra);
@@ -20,18 +20,6 @@ fn policy(origins: &[&str], extra: &str) -> String {
         text.push_str(&format!("[[entries]]\norigin = \"{origin}\"\n"));
     }
     text
-}
-
-fn call(tenant: &str, origin: Option<&str>) -> CheckOriginRequest {
-    CheckOriginRequest {
-        origin: origin.map(str::to_owned),
-        method: "GET".into(),
-        scheme: "https".into(),
-        authority: "api.example.com".into(),
-        path: "/".into(),
-        tenant: tenant.into(),
-        ..Default::default()
-    }
 }
 
 async fn metrics(port: u16) -> String {

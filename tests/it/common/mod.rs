@@ -302,3 +302,17 @@ pub fn authz_get(tenant: &str, origin: &str) -> envoy_types::pb::envoy::service:
         }),
     }
 }
+
+/// A `CheckOrigin` call for a browser's `GET https://api.example.com/` from
+/// `origin`, naming `tenant`.
+pub fn check_get(tenant: &str, origin: Option<&str>) -> corsd::grpc::pb::CheckOriginRequest {
+    corsd::grpc::pb::CheckOriginRequest {
+        origin: origin.map(str::to_owned),
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "api.example.com".into(),
+        path: "/".into(),
+        tenant: tenant.into(),
+        ..Default::default()
+    }
+}
