@@ -45,31 +45,50 @@ pub(super) enum EntriesCommand {
     },
     /// Add an origin, checked as `corsd validate` checks it.
     #[command(
-        after_help = "Example:\n  corsd entries add examples/policy.toml https://app.example.com --note \"web app\""
+        after_help = "Examples:\n  corsd entries add examples/policy.toml https://app.example.com --note \"web app\"\n  corsd entries add --server 127.0.0.1:50051 --tenant acme https://app.example.com"
     )]
     Add {
-        /// The policy file.
-        file: PathBuf,
-        /// The origin to allow, e.g. `https://app.example.com`.
-        origin: String,
+        /// The policy file and the origin to allow (with --server, the origin alone).
+        #[arg(value_names = ["FILE", "ORIGIN"], num_args = 1..=2, required = true)]
+        targets: Vec<String>,
         /// A note kept beside the entry.
         #[arg(long)]
         note: Option<String>,
         /// Print the change as a unified diff; write nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "server")]
         dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Remove an origin (compared after normalisation).
-    #[command(after_help = "Example:\n  corsd entries remove examples/policy.toml https://app.example.com --dry-run")]
+    #[command(
+        after_help = "Examples:\n  corsd entries remove examples/policy.toml https://app.example.com --dry-run\n  corsd entries remove --server 127.0.0.1:50051 --tenant acme https://app.example.com"
+    )]
     Remove {
-        /// The policy file.
-        file: PathBuf,
-        /// The origin to remove.
-        origin: String,
+        /// The policy file and the origin to remove (with --server, the origin alone).
+        #[arg(value_names = ["FILE", "ORIGIN"], num_args = 1..=2, required = true)]
+        targets: Vec<String>,
         /// Print the change as a unified diff; write nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "server")]
         dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
+}
+
+/// Editing through a server's `PolicyAdmin` API instead of a file.
+#[derive(Debug, clap::Args)]
+pub(super) struct Remote {
+    /// A corsd serving gRPC at host:port: edit the tenant's policy through
+    /// its PolicyAdmin API (the edit is in force there when this returns).
+    #[arg(long, value_name = "ADDR")]
+    server: Option<String>,
+    /// With --server: the tenant whose policy to edit ("" with --policy).
+    #[arg(long, requires = "server", default_value = "")]
+    tenant: String,
+    /// With --server: a file holding the bearer token (admin or the tenant's).
+    #[arg(long, requires = "server", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 pub(super) fn run(command: EntriesCommand) -> ExitCode {
@@ -87,17 +106,42 @@ pub(super) fn run(command: EntriesCommand) -> ExitCode {
             (None, None) => ExitCode::from(2),
         },
         EntriesCommand::Add {
-            file,
-            origin,
+            targets,
             note,
             dry_run,
-        } => edit(&file, dry_run, |text, policy| {
-            add(text, policy, &origin, note.as_deref())
-        }),
-        EntriesCommand::Remove { file, origin, dry_run } => {
-            edit(&file, dry_run, |text, policy| remove(text, policy, &origin))
-        }
+            remote,
+        } => match (remote.server, targets.as_slice()) {
+            (Some(server), [origin]) => {
+                let change = super::entries_server::Change::Add {
+                    origin,
+                    note: note.as_deref(),
+                };
+                super::entries_server::edit(&server, &remote.tenant, remote.token_file.as_deref(), change)
+            }
+            (None, [file, origin]) => edit(Path::new(file), dry_run, |text, policy| {
+                add(text, policy, origin, note.as_deref())
+            }),
+            _ => usage(),
+        },
+        EntriesCommand::Remove {
+            targets,
+            dry_run,
+            remote,
+        } => match (remote.server, targets.as_slice()) {
+            (Some(server), [origin]) => {
+                let change = super::entries_server::Change::Remove { origin };
+                super::entries_server::edit(&server, &remote.tenant, remote.token_file.as_deref(), change)
+            }
+            (None, [file, origin]) => edit(Path::new(file), dry_run, |text, policy| remove(text, policy, origin)),
+            _ => usage(),
+        },
     }
+}
+
+/// The positionals do not fit: FILE ORIGIN, or ORIGIN alone with --server.
+fn usage() -> ExitCode {
+    eprintln!("corsd entries: give FILE ORIGIN, or ORIGIN alone with --server ADDR");
+    ExitCode::from(2)
 }
 
 #[derive(Serialize)]

@@ -282,4 +282,30 @@ async fn tenants_are_created_edited_and_deleted_through_the_api() {
         "{metrics}"
     );
     assert!(metrics.contains("corsd_admin_writes_total{call=\"PutPolicy\",result=\"already_exists\"} 1"));
+
+    // corsd entries add|remove --server: the same edits from a shell.
+    let entries = |verb: &str, origin: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corsd"))
+            .args(["entries", verb, "--server", &format!("127.0.0.1:{}", corsd.port)])
+            .args(["--tenant", "beta", "--token-file", &admin_token, origin])
+            .output()
+            .unwrap()
+    };
+    let added = entries("add", "https://shell.example.com");
+    assert!(added.status.success(), "{added:?}");
+    let version = String::from_utf8(added.stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        version_of(&std::fs::read_to_string(live.join("beta.toml")).unwrap())
+    );
+    assert!(allows(&channel, "beta", "https://shell.example.com").await);
+    let twice = entries("add", "https://shell.example.com");
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("already listed"),
+        "{twice:?}"
+    );
+    let removed = entries("remove", "https://shell.example.com");
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!allows(&channel, "beta", "https://shell.example.com").await);
 }
