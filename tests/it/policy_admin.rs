@@ -309,3 +309,64 @@ async fn tenants_are_created_edited_and_deleted_through_the_api() {
     assert!(removed.status.success(), "{removed:?}");
     assert!(!allows(&channel, "beta", "https://shell.example.com").await);
 }
+
+/// A read-only bind mount over a directory, undone when dropped.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &std::path::Path) -> Option<ReadOnly> {
+        let run = |args: &[&str]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let path = dir.to_str().unwrap();
+        if !run(&["--bind", path, path]) {
+            return None;
+        }
+        let mounted = ReadOnly(dir.to_path_buf());
+        run(&["-o", "remount,ro,bind", path]).then_some(mounted)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A store mounted read-only (a ConfigMap): writes are FAILED_PRECONDITION,
+/// reads still work.
+#[tokio::test]
+async fn a_read_only_store_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("policies");
+    std::fs::create_dir_all(&live).unwrap();
+    let text = "[[entries]]\norigin = \"https://a.example.com\"\n";
+    write_file(&live, "acme.toml", text);
+    let Some(_read_only) = ReadOnly::mount(&live) else {
+        let why = "cannot make a read-only bind mount here (mount needs root)";
+        assert!(std::env::var("CI").is_err(), "{why}");
+        println!("skipped: {why}");
+        return;
+    };
+    let corsd = Corsd::start_dir(&live, &[], dir.path());
+    let mut api = PolicyAdminClient::new(corsd.channel().await);
+    let refused = api
+        .add_entry(AddEntryRequest {
+            tenant: "acme".into(),
+            origin: "https://b.example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("read-only"), "{refused:?}");
+    let got = api
+        .get_policy(GetPolicyRequest { tenant: "acme".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.text, text);
+}
