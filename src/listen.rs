@@ -124,6 +124,15 @@ impl Drop for SocketFile {
 const SOCKET_MODE: u32 = 0o660;
 
 impl Listener {
+    /// Whether only this machine can connect: a loopback address, or a
+    /// Unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+            Listener::Unix(..) => true,
+        }
+    }
+
     /// Binds `addr`. A stale socket file left by an earlier corsd is
     /// replaced; any other file at the path is refused.
     pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {

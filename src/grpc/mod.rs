@@ -176,13 +176,17 @@ pub async fn serve_counted(
         cors_policy::CorsPolicyService::on_path(path.clone()).with_admin(options.admin.clone()),
     )
     .max_decoding_message_size(limits.max_message_bytes);
+    let local = listener.is_local();
     let admin_api = options.policy_admin.map(|(source, audit)| {
-        stubs::policy_admin_server::PolicyAdminServer::new(policy_admin::PolicyAdminService::new(
-            std::sync::Arc::clone(path.store()),
-            source,
-            options.admin.clone(),
-            audit,
-        ))
+        stubs::policy_admin_server::PolicyAdminServer::new(
+            policy_admin::PolicyAdminService::new(
+                std::sync::Arc::clone(path.store()),
+                source,
+                options.admin.clone(),
+                audit,
+            )
+            .listening_locally(local),
+        )
     });
     let authz = stubs::authorization_server::AuthorizationServer::new(
         ext_authz::AuthorizationService::on_path(path).with_metadata(options.ext_authz_metadata),

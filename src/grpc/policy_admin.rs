@@ -41,6 +41,9 @@ pub struct PolicyAdminService {
     source: PolicySource,
     admin: AdminGate,
     audit: AuditLog,
+    /// Whether a gate open to everyone admits writes: only on a local
+    /// address (loopback, a Unix socket).
+    open_writes: bool,
 }
 
 /// What a write did: the versions before and after.
@@ -54,6 +57,25 @@ impl PolicyAdminService {
             source,
             admin,
             audit,
+            open_writes: true,
+        }
+    }
+
+    /// The same service, refusing writes from anyone when no credential is
+    /// configured unless `local` (the server listens on a local address).
+    pub fn listening_locally(mut self, local: bool) -> Self {
+        self.open_writes = local;
+        self
+    }
+
+    /// Admits a write about `tenant`.
+    fn admit_write<T>(&self, request: &Request<T>, tenant: &str) -> Result<Caller, Status> {
+        match self.admin.admit_for(request, tenant)? {
+            Caller::Anyone if !self.open_writes => Err(Status::permission_denied(
+                "PolicyAdmin writes on a non-local address need a credential: \
+                 --admin-token-file, --admin-san or --tenant-token-dir",
+            )),
+            caller => Ok(caller),
         }
     }
 
@@ -74,7 +96,28 @@ impl PolicyAdminService {
     /// Admits the caller for `tenant` (or audits the refusal), runs `write`
     /// off the async workers, waits for its version to be in force, and
     /// audits the outcome.
+    ///
+    /// It runs as a task of its own: a client that gives up waiting does
+    /// not stop a write half-way, nor its audit line.
     async fn write<F>(
+        &self,
+        call: &'static str,
+        caller: Result<Caller, Status>,
+        tenant: &str,
+        origin: Option<&str>,
+        write: F,
+    ) -> Result<String, Status>
+    where
+        F: FnOnce(&Caller, PathBuf) -> Result<(Versions, Option<String>), Status> + Send + 'static,
+    {
+        let service = self.clone();
+        let (tenant, origin) = (tenant.to_owned(), origin.map(str::to_owned));
+        tokio::spawn(async move { service.write_now(call, caller, &tenant, origin.as_deref(), write).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("the write failed: {e}"))))
+    }
+
+    async fn write_now<F>(
         &self,
         call: &'static str,
         caller: Result<Caller, Status>,
@@ -257,7 +300,7 @@ impl PolicyAdmin for PolicyAdminService {
         request: Request<pb::PutPolicyRequest>,
     ) -> Result<Response<pb::PutPolicyResponse>, Status> {
         let r = request.get_ref().clone();
-        let caller = self.admin.admit_for(&request, &r.tenant);
+        let caller = self.admit_write(&request, &r.tenant);
         let tenant = r.tenant.clone();
         let version = self
             .write("PutPolicy", caller, &tenant, None, move |caller, file| {
@@ -296,7 +339,7 @@ impl PolicyAdmin for PolicyAdminService {
         request: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
         let r = request.get_ref().clone();
-        let caller = self.admin.admit_for(&request, &r.tenant);
+        let caller = self.admit_write(&request, &r.tenant);
         let single = matches!(self.source, PolicySource::File(_));
         let tenant = r.tenant.clone();
         self.write("DeletePolicy", caller, &tenant, None, move |caller, file| {
@@ -320,7 +363,7 @@ impl PolicyAdmin for PolicyAdminService {
 
     async fn add_entry(&self, request: Request<pb::AddEntryRequest>) -> Result<Response<pb::AddEntryResponse>, Status> {
         let r = request.get_ref().clone();
-        let caller = self.admin.admit_for(&request, &r.tenant);
+        let caller = self.admit_write(&request, &r.tenant);
         let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
         let version = self
             .write("AddEntry", caller, &tenant, Some(&origin), move |_, file| {
@@ -342,7 +385,7 @@ impl PolicyAdmin for PolicyAdminService {
         request: Request<pb::RemoveEntryRequest>,
     ) -> Result<Response<pb::RemoveEntryResponse>, Status> {
         let r = request.get_ref().clone();
-        let caller = self.admin.admit_for(&request, &r.tenant);
+        let caller = self.admit_write(&request, &r.tenant);
         let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
         let version = self
             .write("RemoveEntry", caller, &tenant, Some(&origin), move |_, file| {

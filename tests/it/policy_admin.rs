@@ -370,3 +370,52 @@ async fn a_read_only_store_refuses_writes() {
         .into_inner();
     assert_eq!(got.text, text);
 }
+
+/// With no credential configured, writes are refused on an address other
+/// machines can reach (and admitted on a local one).
+#[tokio::test]
+async fn without_a_credential_writes_need_a_local_address() {
+    use corsd::grpc::admin::AdminGate;
+    use corsd::grpc::policy_admin::{PolicyAdminService, PolicySource};
+    use corsd::grpc::stubs::policy_admin_server::PolicyAdmin;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "policy.toml",
+        "[[entries]]\norigin = \"https://a.example.com\"\n",
+    );
+    let store = corsd::grpc::Store::for_test("[[entries]]\norigin = \"https://a.example.com\"\n").unwrap();
+    let service = |local: bool| {
+        PolicyAdminService::new(
+            store.clone(),
+            PolicySource::File(file.clone().into()),
+            AdminGate::open(),
+            corsd::observe::audit::AuditLog::new(),
+        )
+        .listening_locally(local)
+    };
+    let add = || {
+        tonic::Request::new(AddEntryRequest {
+            origin: "https://b.example.com".into(),
+            ..Default::default()
+        })
+    };
+    let refused = service(false).add_entry(add()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("--admin-token-file"), "{refused:?}");
+    // Reads stay open, as ListEntries does.
+    service(false)
+        .get_policy(tonic::Request::new(GetPolicyRequest::default()))
+        .await
+        .unwrap();
+    // Locally the write goes through: the file is edited, and with no
+    // reloader here it never comes into force, which the call says.
+    let edited = service(true).add_entry(add()).await.unwrap_err();
+    assert_eq!(edited.code(), Code::DeadlineExceeded, "{edited:?}");
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("https://b.example.com")
+    );
+}
