@@ -358,7 +358,18 @@ async fn lock_files_read_no_tenant_file() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["fields"].clone())
             .collect::<Vec<_>>()
     };
-    // Start-up read every file once; nothing since.
+    // Start-up read every file once, and the reloader's first rescan
+    // (which reads none of them again) may come late on a loaded machine:
+    // wait for it.
+    let started = Instant::now();
+    while surveyed().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no first rescan: {}",
+            corsd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = surveyed().len();
     for _ in 0..20 {
