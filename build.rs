@@ -53,6 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(descriptors.clone())?;
 
+    // The part of etcd's API `--policy-etcd` uses: a client only.
+    let etcd = "proto/etcd/etcdserverpb.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
+
     let mut services_only = descriptors;
     for file in &mut services_only.file {
         file.message_type.clear();

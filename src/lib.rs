@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod core;
 pub mod edit;
+pub mod etcd;
 pub mod grpc;
 pub mod listen;
 pub mod memory;

@@ -17,6 +17,7 @@ mod docs;
 mod entries;
 mod envoy;
 mod envoy_mtls;
+mod etcd_client;
 mod floods;
 mod fuzz_regressions;
 mod interop;

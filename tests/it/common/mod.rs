@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod envoy;
+pub mod etcd;
 pub mod pki;
 pub mod process;
 pub mod serve;
