@@ -73,7 +73,8 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
 impl Etcd {
     /// A client of the cluster at `endpoints` (`http://host:port`, each a
     /// member), for the keys under `prefix`. Connects lazily: calls fail
-    /// while no member answers, and succeed again once one does.
+    /// while no member answers, and succeed again once one does. Must be
+    /// called within a tokio runtime.
     pub fn new(endpoints: &[String], prefix: &str) -> Result<Self, Unavailable> {
         let endpoints = endpoints
             .iter()

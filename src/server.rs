@@ -34,6 +34,43 @@ pub enum Policies {
     /// `--policy-dir DIR`: each tenant's name, file, policy, and the
     /// fingerprint of the file it was read from.
     Dir(PathBuf, Vec<(String, PathBuf, Policy, Fingerprint)>),
+    /// `--policy-etcd`: the tenants under a prefix (the second) of an etcd
+    /// cluster (its endpoints, the first), read at start-up.
+    Etcd(Vec<String>, String),
+}
+
+/// Where the live policies are followed from.
+enum Live {
+    /// Policy files (a directory's, with each file's fingerprint).
+    Files(PathBuf, Option<Vec<(String, Fingerprint)>>),
+    /// etcd, from the revision start-up read.
+    Etcd(crate::etcd::Etcd, i64),
+}
+
+/// How long start-up waits for etcd to answer.
+const ETCD_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tenants in etcd at start-up, in a store; exit 2 when etcd does not
+/// answer within [`ETCD_START_TIMEOUT`]. A key that is not a valid policy
+/// is reported and its tenant not served (fail closed).
+async fn load_etcd(etcd: &crate::etcd::Etcd) -> Result<(Arc<Store>, i64), ExitCode> {
+    let started = std::time::Instant::now();
+    let loaded = loop {
+        match reload::etcd::load(etcd).await {
+            Ok(loaded) => break loaded,
+            Err(why) if started.elapsed() > ETCD_START_TIMEOUT => {
+                error!("cannot read the policies from etcd: {why}");
+                return Err(ExitCode::from(2));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let store = Store::with_tenants(loaded.tenants);
+    for (name, why) in loaded.invalid {
+        error!(tenant = %name, "the policy in etcd is not valid; the tenant is not served:\n{why}");
+        store.set_reload_error(&name, why);
+    }
+    Ok((store, loaded.revision))
 }
 
 /// What `corsd serve` runs with.
@@ -129,6 +166,9 @@ fn into_store<P: Prepare>(policies: Policies) -> Loaded<P> {
             let store = PolicyStore::with_tenants(tenants.into_iter().map(|(name, _, policy, _)| (name, policy)));
             (dir, store, Some(known))
         }
+        // Loaded by `load_etcd` instead; candidates come from files only
+        // (the command line allows no other), so this holds no tenant.
+        Policies::Etcd(..) => (PathBuf::from("etcd"), PolicyStore::with_tenants(Vec::new()), None),
     }
 }
 
@@ -177,7 +217,29 @@ async fn warn_of_orphans(live: Arc<Store>, shadow: Arc<PolicyStore>) {
 
 async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) -> ExitCode {
     let mut termination = Termination::listen();
-    let (source, store, known) = into_store::<grpc::cors_policy::Prepared>(policies);
+    let (source, store, live) = match policies {
+        Policies::Etcd(endpoints, prefix) => {
+            let etcd = match crate::etcd::Etcd::new(&endpoints, &prefix) {
+                Ok(etcd) => etcd,
+                Err(why) => {
+                    error!("--policy-etcd: {why}");
+                    return ExitCode::from(2);
+                }
+            };
+            match load_etcd(&etcd).await {
+                Ok((store, revision)) => (
+                    PathBuf::from(format!("etcd:{prefix}")),
+                    store,
+                    Live::Etcd(etcd, revision),
+                ),
+                Err(code) => return code,
+            }
+        }
+        files => {
+            let (source, store, known) = into_store::<grpc::cors_policy::Prepared>(files);
+            (source.clone(), store, Live::Files(source, known))
+        }
+    };
     let tenants = store.tenants_full();
     let entries: usize = tenants.sorted().iter().map(|(_, t)| t.policy.entries().len()).sum();
     let version = store
@@ -208,10 +270,10 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
     let admin = grpc::admin::AdminGate::new(args.admin_token_file.clone(), args.admin_sans.clone())
         .with_tenant_tokens(args.tenant_token_dir.clone());
     let audit = observe::audit::AuditLog::new();
-    let policy_source = if known.is_some() {
-        grpc::policy_admin::PolicySource::Dir(source.clone())
-    } else {
-        grpc::policy_admin::PolicySource::File(source.clone())
+    let policy_source = match &live {
+        Live::Files(dir, Some(_)) => Some(grpc::policy_admin::PolicySource::Dir(dir.clone())),
+        Live::Files(file, None) => Some(grpc::policy_admin::PolicySource::File(file.clone())),
+        Live::Etcd(..) => None,
     };
     if !args.listen.is_local() && admin.is_open() {
         warn!(
@@ -220,9 +282,15 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
              restrict them with --admin-san or --admin-token-file"
         );
     }
-    let reloader = match follow(&source, &store, known) {
-        Ok(handle) => handle,
-        Err(code) => return code,
+    let reloader = match live {
+        Live::Files(source, known) => match follow(&source, &store, known) {
+            Ok(handle) => Some(handle),
+            Err(code) => return code,
+        },
+        Live::Etcd(etcd, revision) => {
+            reload::etcd::follow(etcd, Arc::clone(&store), revision);
+            None
+        }
     };
     let (shadow, shadow_reloader) = match shadow.map(into_store::<()>) {
         None => (None, None),
@@ -245,7 +313,9 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
                     info!("SIGHUP: reloading the policy");
-                    reloader.reload_now();
+                    if let Some(reloader) = &reloader {
+                        reloader.reload_now();
+                    }
                     if let Some(shadow) = &shadow_reloader {
                         shadow.reload_now();
                     }
@@ -328,7 +398,7 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
         limits: args.limits.clone(),
         xds: args.xds,
         ext_authz_metadata: args.ext_authz_metadata,
-        policy_admin: Some((policy_source, audit)),
+        policy_admin: policy_source.map(|source| (source, audit)),
     };
     let mut server = tokio::spawn(grpc::serve_counted(
         listener,

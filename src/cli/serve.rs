@@ -14,7 +14,7 @@ use crate::server::{LogFormat, Policies, ServeConfig};
 
 /// Flags of `corsd serve`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("policies").required(true).args(["policy", "policy_dir"])))]
+#[command(group(clap::ArgGroup::new("policies").required(true).args(["policy", "policy_dir", "policy_etcd"])))]
 pub(super) struct ServeArgs {
     /// The policy file; it is watched and reloaded when it changes.
     #[arg(long, env = "CORSD_POLICY")]
@@ -23,6 +23,18 @@ pub(super) struct ServeArgs {
     /// --policy); every file is watched and reloaded on its own.
     #[arg(long, env = "CORSD_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
+    /// etcd endpoints (http://host:port, comma-separated): each tenant is the
+    /// key PREFIX + NAME holding its policy, and every replica follows etcd.
+    #[arg(long, env = "CORSD_POLICY_ETCD", value_delimiter = ',', value_name = "URL[,URL...]")]
+    policy_etcd: Vec<String>,
+    /// With --policy-etcd: the prefix of the tenants' keys.
+    #[arg(
+        long,
+        env = "CORSD_ETCD_PREFIX",
+        default_value = "/corsd/tenants/",
+        requires = "policy_etcd"
+    )]
+    etcd_prefix: String,
     /// Address to listen on: HOST:PORT, or unix:PATH for a Unix socket (mode 0660).
     #[arg(long, env = "CORSD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: ListenAddr,
@@ -173,6 +185,7 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
             Ok(tenants) => Policies::Dir(dir, tenants),
             Err(code) => return code,
         },
+        (None, None) if !args.policy_etcd.is_empty() => Policies::Etcd(args.policy_etcd, args.etcd_prefix),
         (None, None) => return ExitCode::from(2),
     };
     // A candidate that does not load stops start-up the same way.

@@ -86,6 +86,7 @@ pub struct Metrics<P = ()> {
     rescans: IntCounter,
     restarts: IntCounter,
     ready: IntGauge,
+    source_up: IntGauge,
     /// The serving certificate's notAfter, with TLS.
     certificate: Option<(Arc<TlsConfig>, prometheus::Gauge)>,
     /// With `--metrics-per-tenant`: the families the tenants' counts are
@@ -173,6 +174,10 @@ impl<P: Prepare> Metrics<P> {
             "Reloaders that ended or panicked and were started again",
         )?;
         let ready = IntGauge::new("corsd_ready", "1 while gRPC health is SERVING, else 0")?;
+        let source_up = IntGauge::new(
+            "corsd_policy_source_up",
+            "1 while the policy source answers (policy files always; etcd while a member does), else 0",
+        )?;
         let tenants = IntGauge::new("corsd_tenants", "Tenants with a policy in force")?;
         let entries = IntGauge::new("corsd_policy_entries", "Allowlist entries in force, all tenants")?;
         let stale = IntGauge::new(
@@ -198,6 +203,7 @@ impl<P: Prepare> Metrics<P> {
         registry.register(Box::new(rescans.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(source_up.clone()))?;
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(stale.clone()))?;
@@ -217,6 +223,7 @@ impl<P: Prepare> Metrics<P> {
             rescans,
             restarts,
             ready,
+            source_up,
             certificate: None,
             per_tenant,
             scraping: std::sync::Mutex::new(HashSet::new()),
@@ -323,6 +330,7 @@ impl<P: Prepare> Metrics<P> {
             counter.inc_by(behind);
         }
         let stats = self.store.reload_stats();
+        self.source_up.set(i64::from(stats.source_up()));
         for (counter, result) in self.batches.iter().zip(BatchResult::ALL) {
             counter.inc_by(stats.batches(result).saturating_sub(counter.get()));
         }

@@ -33,6 +33,7 @@ use crate::store::{PolicyStore, Prepare, ReloadResult};
 use crate::watch::{self, Change, Fingerprint, Watch};
 
 mod batch;
+pub mod etcd;
 use batch::{DirState, batch};
 
 /// Pause before a reloader that ended is started again; doubled up to

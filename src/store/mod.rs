@@ -171,6 +171,9 @@ pub struct ReloadStats {
     /// Batches by bucket of [`BATCH_BUCKETS`] (the last: above them all).
     batch_buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
     batch_micros: AtomicU64,
+    /// Whether the shared store (etcd) is answering: set by its follower;
+    /// policy files are always "up".
+    source_down: std::sync::atomic::AtomicBool,
 }
 
 impl ReloadStats {
@@ -206,6 +209,16 @@ impl ReloadStats {
         self.batches
             .get(result as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Records whether the shared store answers.
+    pub fn set_source_up(&self, up: bool) {
+        self.source_down.store(!up, Ordering::Relaxed);
+    }
+
+    /// Whether the shared store answers (always, for policy files).
+    pub fn source_up(&self) -> bool {
+        !self.source_down.load(Ordering::Relaxed)
     }
 
     /// Full rescans so far.

@@ -18,6 +18,7 @@ mod entries;
 mod envoy;
 mod envoy_mtls;
 mod etcd_client;
+mod etcd_store;
 mod floods;
 mod fuzz_regressions;
 mod interop;

@@ -23,6 +23,11 @@ impl Corsd {
         Corsd::start_with("--policy-dir", dir, args, log_dir, "info")
     }
 
+    /// `corsd serve --policy-etcd URL ...`, as [`Corsd::start`].
+    pub fn start_etcd(url: &str, args: &[&str], log_dir: &Path) -> Corsd {
+        Corsd::start_with("--policy-etcd", Path::new(url), args, log_dir, "info")
+    }
+
     /// [`Corsd::start_dir`], its log filtered by `rust_log` (`RUST_LOG`).
     pub fn start_dir_logging(dir: &Path, args: &[&str], log_dir: &Path, rust_log: &str) -> Corsd {
         Corsd::start_with("--policy-dir", dir, args, log_dir, rust_log)
