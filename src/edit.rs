@@ -44,6 +44,8 @@ pub enum EditError {
     WouldBeInvalid(PolicyError),
     /// The new file could not be written (a read-only mount, a full disk).
     Write(io::Error),
+    /// The shared store (etcd) does not answer.
+    Unavailable(String),
 }
 
 /// Why a change was refused.
@@ -115,16 +117,8 @@ pub fn edit_file(
             return Err(EditError::Changed { current });
         }
     }
-    let policy = match policy_file::compile(&shown, text.as_bytes()) {
-        Outcome::Valid(compiled) => compiled.policy,
-        Outcome::Invalid(error) => return Err(EditError::InvalidNow(error)),
-        Outcome::Unreadable(e) => return Err(EditError::Unreadable(e)),
-    };
-    let edited = change(&text, &policy).map_err(EditError::Refused)?;
     // The whole new file must be a valid policy before anything is written.
-    if let Outcome::Invalid(error) = policy_file::compile(&shown, edited.as_bytes()) {
-        return Err(EditError::WouldBeInvalid(error));
-    }
+    let edited = edit_text(&shown, &text, change)?;
     if !dry_run {
         write_atomically(&real, edited.as_bytes()).map_err(EditError::Write)?;
     }
@@ -132,6 +126,25 @@ pub fn edit_file(
         old_text: text,
         new_text: edited,
     })
+}
+
+/// `change` applied to `text` (the stored policy, named `shown` in
+/// messages), both the old and the new text valid policies.
+pub fn edit_text(
+    shown: &str,
+    text: &str,
+    change: impl FnOnce(&str, &Policy) -> Result<String, Refused>,
+) -> Result<String, EditError> {
+    let policy = match policy_file::compile(shown, text.as_bytes()) {
+        Outcome::Valid(compiled) => compiled.policy,
+        Outcome::Invalid(error) => return Err(EditError::InvalidNow(error)),
+        Outcome::Unreadable(e) => return Err(EditError::Unreadable(e)),
+    };
+    let edited = change(text, &policy).map_err(EditError::Refused)?;
+    if let Outcome::Invalid(error) = policy_file::compile(shown, edited.as_bytes()) {
+        return Err(EditError::WouldBeInvalid(error));
+    }
+    Ok(edited)
 }
 
 /// Writes `text` as the file `file` leads to, under its lock: replacing it

@@ -273,7 +273,7 @@ async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) ->
     let policy_source = match &live {
         Live::Files(dir, Some(_)) => Some(grpc::policy_admin::PolicySource::Dir(dir.clone())),
         Live::Files(file, None) => Some(grpc::policy_admin::PolicySource::File(file.clone())),
-        Live::Etcd(..) => None,
+        Live::Etcd(etcd, _) => Some(grpc::policy_admin::PolicySource::Etcd(etcd.clone())),
     };
     if !args.listen.is_local() && admin.is_open() {
         warn!(

@@ -217,6 +217,7 @@ fn edit(file: &Path, dry_run: bool, change: impl FnOnce(&str, &Policy) -> Result
                     format!("{shown}: cannot write the policy file: {e}; it is unchanged"),
                     2,
                 ),
+                EditError::Unavailable(why) => (format!("{shown}: {why}"), 2),
             };
             eprintln!("{message}");
             return ExitCode::from(code);

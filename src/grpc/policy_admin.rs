@@ -32,6 +32,202 @@ pub enum PolicySource {
     File(PathBuf),
     /// `--policy-dir DIR`: `DIR/NAME.toml` for tenant `NAME`.
     Dir(PathBuf),
+    /// `--policy-etcd`: the key `PREFIX + NAME` for tenant `NAME`.
+    Etcd(crate::etcd::Etcd),
+}
+
+/// Where one tenant's policy is kept: its file, or its etcd key.
+#[derive(Debug)]
+enum Place {
+    File(PathBuf),
+    Etcd(crate::etcd::Etcd, String, tokio::runtime::Handle),
+}
+
+/// Times an etcd edit is tried again when another write came between its
+/// read and its transaction (with no expected version).
+const ETCD_EDIT_TRIES: usize = 5;
+/// How long an etcd call is retried while etcd says it cannot answer now
+/// (an election, a member down): within the 5 s a write may take.
+const ETCD_RETRY_FOR: Duration = Duration::from_secs(3);
+
+/// `call`, again every 100 ms while it is `Unavailable`, for at most
+/// [`ETCD_RETRY_FOR`]. Off the async workers.
+fn retried<T>(call: impl Fn() -> Result<T, EditError>) -> Result<T, EditError> {
+    let started = std::time::Instant::now();
+    loop {
+        match call() {
+            Err(EditError::Unavailable(_)) if started.elapsed() < ETCD_RETRY_FOR => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+impl Place {
+    /// The name messages give the policy: `NAME.toml`.
+    fn shown(&self, tenant: &str) -> String {
+        match self {
+            Place::File(file) if tenant.is_empty() => file
+                .file_name()
+                .map_or_else(|| "policy.toml".to_owned(), |n| n.to_string_lossy().into_owned()),
+            _ => format!("{tenant}.toml"),
+        }
+    }
+
+    /// The stored text and its etcd `mod_revision` (0 for a file); `None`
+    /// when there is none. Off the async workers.
+    fn read(&self) -> Result<Option<(String, i64)>, EditError> {
+        match self {
+            Place::File(file) => match std::fs::read(file) {
+                Ok(bytes) => Ok(Some((String::from_utf8(bytes).map_err(|_| EditError::NotText)?, 0))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(EditError::Unreadable(e)),
+            },
+            Place::Etcd(etcd, name, runtime) => {
+                let stored = retried(|| {
+                    runtime
+                        .block_on(etcd.get(name))
+                        .map_err(|e| EditError::Unavailable(e.0))
+                })?;
+                stored
+                    .map(|s| {
+                        Ok((
+                            String::from_utf8(s.text).map_err(|_| EditError::NotText)?,
+                            s.mod_revision,
+                        ))
+                    })
+                    .transpose()
+            }
+        }
+    }
+
+    /// Applies `change` to the stored policy, at version `expected` when given.
+    fn edit(
+        &self,
+        tenant: &str,
+        expected: Option<&str>,
+        change: impl Fn(&str, &Policy) -> Result<String, Refused>,
+    ) -> Result<Edited, EditError> {
+        let (etcd, name, runtime) = match self {
+            Place::File(file) => return edit::edit_file(file, false, expected, change),
+            Place::Etcd(etcd, name, runtime) => (etcd, name, runtime),
+        };
+        for _ in 0..ETCD_EDIT_TRIES {
+            let Some((text, revision)) = self.read()? else {
+                return Err(EditError::Unreadable(io::Error::from(io::ErrorKind::NotFound)));
+            };
+            check_version(&text, expected)?;
+            let edited = edit::edit_text(&self.shown(tenant), &text, &change)?;
+            let written = self.txn(Some(&edited), || {
+                runtime.block_on(etcd.put_if(name, edited.as_bytes(), revision))
+            })?;
+            if written.is_some() {
+                return Ok(Edited {
+                    old_text: text,
+                    new_text: edited,
+                });
+            }
+            if expected.is_some() {
+                break;
+            }
+        }
+        let current = self
+            .read()?
+            .map(|(text, _)| Policy::version_of(text.as_bytes()))
+            .unwrap_or_default();
+        Err(EditError::Changed { current })
+    }
+
+    /// Stores `text`: replacing the policy at version `expected`, or
+    /// creating it when `None` (`Changed` when it exists).
+    fn put(&self, text: &str, expected: Option<&str>) -> Result<Edited, EditError> {
+        let (etcd, name, runtime) = match self {
+            Place::File(file) => return edit::put_file(file, text, expected),
+            Place::Etcd(etcd, name, runtime) => (etcd, name, runtime),
+        };
+        let (old_text, revision) = match (self.read()?, expected) {
+            (Some((old, revision)), Some(_)) => {
+                check_version(&old, expected)?;
+                (old, revision)
+            }
+            (Some((old, _)), None) => {
+                return Err(EditError::Changed {
+                    current: Policy::version_of(old.as_bytes()),
+                });
+            }
+            (None, Some(_)) => return Err(EditError::Unreadable(io::Error::from(io::ErrorKind::NotFound))),
+            (None, None) => (String::new(), 0),
+        };
+        match self.txn(Some(text), || {
+            runtime.block_on(etcd.put_if(name, text.as_bytes(), revision))
+        })? {
+            Some(_) => Ok(Edited {
+                old_text,
+                new_text: text.to_owned(),
+            }),
+            None => Err(EditError::Changed {
+                current: self
+                    .read()?
+                    .map(|(t, _)| Policy::version_of(t.as_bytes()))
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Deletes the policy at version `expected` (any when `None`); its text.
+    fn delete(&self, expected: Option<&str>) -> Result<String, EditError> {
+        let (etcd, name, runtime) = match self {
+            Place::File(file) => return edit::delete_file(file, expected),
+            Place::Etcd(etcd, name, runtime) => (etcd, name, runtime),
+        };
+        let Some((text, revision)) = self.read()? else {
+            return Err(EditError::Unreadable(io::Error::from(io::ErrorKind::NotFound)));
+        };
+        check_version(&text, expected)?;
+        match self.txn(None, || runtime.block_on(etcd.delete_if(name, revision)))? {
+            Some(_) => Ok(text),
+            None => Err(EditError::Changed {
+                current: self
+                    .read()?
+                    .map(|(t, _)| Policy::version_of(t.as_bytes()))
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl Place {
+    /// Runs the transaction `txn` (a write of the tenant's key, to
+    /// `wanted`: `None` for a deletion); `Some` when it was applied. When
+    /// etcd could not answer, the key is read again: a transaction applied
+    /// before the answer was lost counts as applied.
+    fn txn(
+        &self,
+        wanted: Option<&str>,
+        txn: impl Fn() -> Result<Option<i64>, crate::etcd::Unavailable>,
+    ) -> Result<Option<i64>, EditError> {
+        let Place::Etcd(etcd, name, runtime) = self else {
+            return Err(EditError::Unavailable("not an etcd key".to_owned()));
+        };
+        retried(|| match txn() {
+            Ok(done) => Ok(done),
+            // One read, not retried: the whole write stays within its 5 s.
+            Err(e) => match runtime.block_on(etcd.get(name)) {
+                Ok(now) if now.as_ref().map(|s| s.text.as_slice()) == wanted.map(str::as_bytes) => Ok(Some(0)),
+                _ => Err(EditError::Unavailable(e.0)),
+            },
+        })
+    }
+}
+
+/// `Changed` unless `text` has the version `expected` (when given).
+fn check_version(text: &str, expected: Option<&str>) -> Result<(), EditError> {
+    let current = Policy::version_of(text.as_bytes());
+    match expected {
+        Some(expected) if expected != current => Err(EditError::Changed { current }),
+        _ => Ok(()),
+    }
 }
 
 /// The `corsd.v1.PolicyAdmin` service.
@@ -79,17 +275,25 @@ impl PolicyAdminService {
         }
     }
 
-    /// The file of `tenant`, or why there is none.
-    fn file_of(&self, tenant: &str) -> Result<PathBuf, Status> {
+    /// Where `tenant`'s policy is kept, or why there is no such place.
+    fn place_of(&self, tenant: &str) -> Result<Place, Status> {
+        let not_a_name = || {
+            Status::invalid_argument(format!(
+                "`{tenant}` is not a tenant name: 1-63 of a-z, 0-9 and -, not starting or ending with -"
+            ))
+        };
         match &self.source {
-            PolicySource::File(file) if tenant.is_empty() => Ok(file.clone()),
+            PolicySource::File(file) if tenant.is_empty() => Ok(Place::File(file.clone())),
             PolicySource::File(_) => Err(Status::not_found(format!(
                 "no tenant `{tenant}`: this server serves one policy (tenant \"\")"
             ))),
-            PolicySource::Dir(dir) if is_tenant_name(tenant) => Ok(dir.join(format!("{tenant}.toml"))),
-            PolicySource::Dir(_) => Err(Status::invalid_argument(format!(
-                "`{tenant}` is not a tenant name: 1-63 of a-z, 0-9 and -, not starting or ending with -"
-            ))),
+            PolicySource::Dir(dir) if is_tenant_name(tenant) => Ok(Place::File(dir.join(format!("{tenant}.toml")))),
+            PolicySource::Etcd(etcd) if is_tenant_name(tenant) => Ok(Place::Etcd(
+                etcd.clone(),
+                tenant.to_owned(),
+                tokio::runtime::Handle::current(),
+            )),
+            PolicySource::Dir(_) | PolicySource::Etcd(_) => Err(not_a_name()),
         }
     }
 
@@ -108,7 +312,7 @@ impl PolicyAdminService {
         write: F,
     ) -> Result<String, Status>
     where
-        F: FnOnce(&Caller, PathBuf) -> Result<(Versions, Option<String>), Status> + Send + 'static,
+        F: FnOnce(&Caller, Place) -> Result<(Versions, Option<String>), Status> + Send + 'static,
     {
         let service = self.clone();
         let (tenant, origin) = (tenant.to_owned(), origin.map(str::to_owned));
@@ -126,15 +330,15 @@ impl PolicyAdminService {
         write: F,
     ) -> Result<String, Status>
     where
-        F: FnOnce(&Caller, PathBuf) -> Result<(Versions, Option<String>), Status> + Send + 'static,
+        F: FnOnce(&Caller, Place) -> Result<(Versions, Option<String>), Status> + Send + 'static,
     {
         let (caller_name, outcome) = match caller {
             Err(denied) => ("none".to_owned(), Err(denied)),
             Ok(caller) => {
                 let name = caller.audit_name();
-                let outcome = match self.file_of(tenant) {
+                let outcome = match self.place_of(tenant) {
                     Err(e) => Err(e),
-                    Ok(file) => tokio::task::spawn_blocking(move || write(&caller, file))
+                    Ok(place) => tokio::task::spawn_blocking(move || write(&caller, place))
                         .await
                         .unwrap_or_else(|e| Err(Status::internal(format!("the write failed: {e}")))),
                 };
@@ -219,6 +423,7 @@ fn status_of(error: EditError, file: &str, field: &str) -> Status {
             Status::failed_precondition(format!("{file}: the policy store is read-only: {e}"))
         }
         EditError::Lock(e) | EditError::Write(e) => Status::unavailable(format!("{file}: cannot write: {e}")),
+        EditError::Unavailable(why) => Status::unavailable(format!("{file}: {why}")),
         EditError::NotText => Status::failed_precondition(format!("{file}: the stored policy is not UTF-8 text")),
         EditError::InvalidNow(error) => Status::failed_precondition(format!(
             "{file}: the stored policy is not valid; fix it with PutPolicy: {}",
@@ -248,16 +453,6 @@ fn read_only(e: &io::Error) -> bool {
     )
 }
 
-/// The name a policy's messages give its file: `NAME.toml`.
-fn shown(tenant: &str, file: &std::path::Path) -> String {
-    if tenant.is_empty() {
-        file.file_name()
-            .map_or_else(|| "policy.toml".to_owned(), |n| n.to_string_lossy().into_owned())
-    } else {
-        format!("{tenant}.toml")
-    }
-}
-
 fn versions(edited: &Edited) -> Versions {
     (edited.old_version(), edited.new_version())
 }
@@ -281,18 +476,19 @@ impl PolicyAdmin for PolicyAdminService {
             });
             return Err(denied);
         }
-        let file = self.file_of(&tenant)?;
-        let bytes = tokio::task::spawn_blocking(move || std::fs::read(file))
+        let place = self.place_of(&tenant)?;
+        let shown = place.shown(&tenant);
+        let read = tokio::task::spawn_blocking(move || place.read())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => Status::not_found(format!("no tenant `{tenant}`")),
-                _ => Status::unavailable(policy_file::unreadable_message(&e)),
-            })?;
-        let version = Policy::version_of(&bytes);
-        let text =
-            String::from_utf8(bytes).map_err(|_| Status::failed_precondition("the stored policy is not UTF-8 text"))?;
-        Ok(Response::new(pb::GetPolicyResponse { text, version }))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match read {
+            Ok(Some((text, _))) => Ok(Response::new(pb::GetPolicyResponse {
+                version: Policy::version_of(text.as_bytes()),
+                text,
+            })),
+            Ok(None) => Err(Status::not_found(format!("no tenant `{tenant}`"))),
+            Err(e) => Err(status_of(e, &shown, "tenant")),
+        }
     }
 
     async fn put_policy(
@@ -303,12 +499,12 @@ impl PolicyAdmin for PolicyAdminService {
         let caller = self.admit_write(&request, &r.tenant);
         let tenant = r.tenant.clone();
         let version = self
-            .write("PutPolicy", caller, &tenant, None, move |caller, file| {
+            .write("PutPolicy", caller, &tenant, None, move |caller, place| {
                 let create = r.expected_version.is_empty();
                 if create && caller.only_tenant().is_some() {
                     return Err(Status::permission_denied("a tenant's token cannot create its tenant"));
                 }
-                let shown = shown(&r.tenant, &file);
+                let shown = place.shown(&r.tenant);
                 if let Outcome::Invalid(error) = policy_file::compile(&shown, r.text.as_bytes()) {
                     let mut details = ErrorDetails::new();
                     for line in edit::error_lines(&error, &shown) {
@@ -318,7 +514,7 @@ impl PolicyAdmin for PolicyAdminService {
                     return Err(Status::with_error_details(Code::InvalidArgument, message, details));
                 }
                 let new = Policy::version_of(r.text.as_bytes());
-                match edit::put_file(&file, &r.text, expected(&r.expected_version)) {
+                match place.put(&r.text, expected(&r.expected_version)) {
                     Ok(edited) => Ok((
                         (if create { String::new() } else { edited.old_version() }, new.clone()),
                         Some(new),
@@ -342,7 +538,7 @@ impl PolicyAdmin for PolicyAdminService {
         let caller = self.admit_write(&request, &r.tenant);
         let single = matches!(self.source, PolicySource::File(_));
         let tenant = r.tenant.clone();
-        self.write("DeletePolicy", caller, &tenant, None, move |caller, file| {
+        self.write("DeletePolicy", caller, &tenant, None, move |caller, place| {
             if caller.only_tenant().is_some() {
                 return Err(Status::permission_denied("a tenant's token cannot delete its tenant"));
             }
@@ -351,8 +547,8 @@ impl PolicyAdmin for PolicyAdminService {
                     "the one policy of --policy cannot be deleted",
                 ));
             }
-            let shown = shown(&r.tenant, &file);
-            match edit::delete_file(&file, expected(&r.expected_version)) {
+            let shown = place.shown(&r.tenant);
+            match place.delete(expected(&r.expected_version)) {
                 Ok(text) => Ok(((Policy::version_of(text.as_bytes()), String::new()), None)),
                 Err(e) => Err(status_of(e, &shown, "tenant")),
             }
@@ -366,10 +562,10 @@ impl PolicyAdmin for PolicyAdminService {
         let caller = self.admit_write(&request, &r.tenant);
         let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
         let version = self
-            .write("AddEntry", caller, &tenant, Some(&origin), move |_, file| {
-                let shown = shown(&r.tenant, &file);
+            .write("AddEntry", caller, &tenant, Some(&origin), move |_, place| {
+                let shown = place.shown(&r.tenant);
                 let note = (!r.note.is_empty()).then_some(r.note.as_str());
-                match edit::edit_file(&file, false, expected(&r.expected_version), |text, policy| {
+                match place.edit(&r.tenant, expected(&r.expected_version), |text, policy| {
                     edit::add(text, policy, &r.origin, note)
                 }) {
                     Ok(edited) => Ok((versions(&edited), Some(edited.new_version()))),
@@ -388,9 +584,9 @@ impl PolicyAdmin for PolicyAdminService {
         let caller = self.admit_write(&request, &r.tenant);
         let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
         let version = self
-            .write("RemoveEntry", caller, &tenant, Some(&origin), move |_, file| {
-                let shown = shown(&r.tenant, &file);
-                match edit::edit_file(&file, false, expected(&r.expected_version), |text, policy| {
+            .write("RemoveEntry", caller, &tenant, Some(&origin), move |_, place| {
+                let shown = place.shown(&r.tenant);
+                match place.edit(&r.tenant, expected(&r.expected_version), |text, policy| {
                     edit::remove(text, policy, &r.origin)
                 }) {
                     Ok(edited) => Ok((versions(&edited), Some(edited.new_version()))),

@@ -151,6 +151,18 @@ async fn tenants_follow_etcd_and_survive_its_outage() {
         .await
         .unwrap();
     assert_eq!(health.status, 200, "still ready without etcd");
+    // Writes answer UNAVAILABLE within 5 s.
+    let asked = Instant::now();
+    let refused = corsd::grpc::pb::policy_admin_client::PolicyAdminClient::new(channel.clone())
+        .add_entry(corsd::grpc::pb::AddEntryRequest {
+            tenant: "acme".into(),
+            origin: "https://down.example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
 
     // etcd is back: corsd follows again.
     members[0].start();
@@ -175,4 +187,114 @@ async fn tenants_follow_etcd_and_survive_its_outage() {
         .into_inner()
         .tenants;
     assert_eq!(tenants[0].version, version_of(&text));
+}
+
+/// Three replicas on one three-member etcd: a write through one is in force
+/// on all within a second; two writes with one expected version: exactly
+/// one wins; a member killed under load fails no decision and no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_etcd() {
+    use corsd::grpc::pb::policy_admin_client::PolicyAdminClient;
+    use corsd::grpc::pb::{AddEntryRequest, PutPolicyRequest};
+
+    let Some(binary) = etcd_binary() else { return };
+    let mut members = cluster(&binary, 3).await;
+    let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<_> = (0..3)
+        .map(|_| crate::common::process::Corsd::start_etcd(&urls.join(","), &[], dir.path()))
+        .collect();
+    let mut channels = Vec::new();
+    for replica in &replicas {
+        channels.push(replica.channel().await);
+    }
+
+    // A tenant created through replica 0 is in force on every replica.
+    let text = policy("https://a.example.com");
+    let created = PolicyAdminClient::new(channels[0].clone())
+        .put_policy(PutPolicyRequest {
+            tenant: "acme".into(),
+            text: text.clone(),
+            expected_version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let written = Instant::now();
+    for channel in &channels {
+        eventually(Duration::from_secs(1), "in force on every replica", async || {
+            verdict(channel, "acme", "https://a.example.com").await == Verdict::Allow
+        })
+        .await;
+    }
+    println!(
+        "in force on 3 replicas {:?} after the write returned",
+        written.elapsed()
+    );
+
+    // Two edits through two replicas, from the same version: one wins.
+    let add = |origin: &str| AddEntryRequest {
+        tenant: "acme".into(),
+        origin: origin.into(),
+        note: String::new(),
+        expected_version: created.version.clone(),
+    };
+    let (mut first, mut second) = (
+        PolicyAdminClient::new(channels[1].clone()),
+        PolicyAdminClient::new(channels[2].clone()),
+    );
+    let (one, two) = tokio::join!(
+        first.add_entry(add("https://b.example.com")),
+        second.add_entry(add("https://c.example.com")),
+    );
+    let codes = [
+        one.as_ref().map_or_else(|e| e.code(), |_| tonic::Code::Ok),
+        two.as_ref().map_or_else(|e| e.code(), |_| tonic::Code::Ok),
+    ];
+    assert!(
+        codes.contains(&tonic::Code::Ok) && codes.contains(&tonic::Code::Aborted),
+        "{codes:?}"
+    );
+
+    // A member killed under load: no decision fails, writes go on.
+    let load = {
+        let channels = channels.clone();
+        tokio::spawn(async move {
+            let mut failed = 0;
+            let started = Instant::now();
+            let mut calls = 0;
+            while started.elapsed() < Duration::from_secs(3) {
+                for channel in &channels {
+                    calls += 1;
+                    let answer = CorsPolicyClient::new(channel.clone())
+                        .check_origin(check_get("acme", Some("https://a.example.com")))
+                        .await;
+                    if !answer.is_ok_and(|a| a.into_inner().verdict() == Verdict::Allow) {
+                        failed += 1;
+                    }
+                }
+            }
+            (calls, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    members[0].stop();
+    let added = PolicyAdminClient::new(channels[0].clone())
+        .add_entry(AddEntryRequest {
+            tenant: "acme".into(),
+            origin: "https://d.example.com".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(added.is_ok(), "a write with one member down: {added:?}");
+    let (calls, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {calls} decisions failed with a member down");
+    for channel in &channels {
+        eventually(
+            Duration::from_secs(2),
+            "the write with a member down in force",
+            async || verdict(channel, "acme", "https://d.example.com").await == Verdict::Allow,
+        )
+        .await;
+    }
 }
