@@ -41,6 +41,19 @@ fn value_of<'t>(text: &'t str, line_has: &str, key: &str) -> &'t str {
         .unwrap()
 }
 
+/// `args` run `corsd serve` with flags its `--help` lists.
+fn assert_served(args: &[String], help: &str) {
+    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+    let flags: Vec<&String> = args.iter().filter(|a| a.starts_with("--")).collect();
+    assert!(flags.len() >= 5, "{flags:?}");
+    for flag in &flags {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "`corsd serve --help` has no {flag}"
+        );
+    }
+}
+
 #[test]
 fn the_manifests_use_only_what_corsd_serves() {
     let deployment = manifest("deployment.yaml");
@@ -54,15 +67,9 @@ fn the_manifests_use_only_what_corsd_serves() {
     .unwrap();
 
     let args = list_under(&deployment, "args:");
-    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
-    let flags: Vec<&String> = args.iter().filter(|a| a.starts_with("--")).collect();
-    assert!(flags.len() >= 5, "{flags:?}");
-    for flag in &flags {
-        assert!(
-            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
-            "`corsd serve --help` has no {flag}"
-        );
-    }
+    assert_served(&args, &help);
+    // The etcd variant too.
+    assert_served(&list_under(&manifest("deployment-etcd.yaml"), "args:"), &help);
     let arg = |flag: &str| {
         let at = args
             .iter()
