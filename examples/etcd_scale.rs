@@ -87,15 +87,14 @@ fn policy(tenant: usize, entries: usize) -> String {
         .collect()
 }
 
+#[path = "../benches/support/requests.rs"]
+#[allow(dead_code, reason = "the harnesses share these requests, each uses some")]
+mod requests;
+
 fn check(tenant: &str, origin: &str) -> CheckOriginRequest {
     CheckOriginRequest {
-        origin: Some(origin.to_owned()),
-        method: "GET".into(),
-        scheme: "https".into(),
-        authority: "api.example.com".into(),
-        path: "/".into(),
         tenant: tenant.into(),
-        ..Default::default()
+        ..requests::check_origin_request(origin)
     }
 }
 
