@@ -41,6 +41,30 @@ pub struct Etcd {
     prefix: Vec<u8>,
 }
 
+/// TLS to etcd: PEM files, read when the client is made.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// The CA that signs the members' certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// The client's certificate and key (etcd's `--client-cert-auth`).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdTls {
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, Unavailable> {
+        let read =
+            |path: &std::path::Path| std::fs::read(path).map_err(|e| Unavailable(format!("{}: {e}", path.display())));
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
+}
+
 /// Why etcd could not be asked.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
@@ -76,17 +100,29 @@ impl Etcd {
     /// while no member answers, and succeed again once one does. Must be
     /// called within a tokio runtime.
     pub fn new(endpoints: &[String], prefix: &str) -> Result<Self, Unavailable> {
+        Self::with_tls(endpoints, prefix, None)
+    }
+
+    /// [`Etcd::new`] over TLS (`https://` endpoints) with `tls`: the CA
+    /// that signs the members' certificates, and the client's own
+    /// certificate and key for etcd's `--client-cert-auth`.
+    pub fn with_tls(endpoints: &[String], prefix: &str, tls: Option<&EtcdTls>) -> Result<Self, Unavailable> {
+        let tls_config = tls.map(EtcdTls::config).transpose()?;
         let endpoints = endpoints
             .iter()
             .map(|url| {
-                Endpoint::from_shared(url.clone())
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_secs(2))
-                            .timeout(Duration::from_secs(5))
-                            .http2_keep_alive_interval(Duration::from_secs(10))
-                            .keep_alive_timeout(Duration::from_secs(5))
-                    })
-                    .map_err(|e| Unavailable(format!("`{url}` is not an etcd endpoint: {e}")))
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| Unavailable(format!("`{url}` is not an etcd endpoint: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                match &tls_config {
+                    Some(config) => endpoint
+                        .tls_config(config.clone())
+                        .map_err(|e| Unavailable(format!("`{url}`: TLS: {e}"))),
+                    None => Ok(endpoint),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {

@@ -36,7 +36,7 @@ pub enum Policies {
     Dir(PathBuf, Vec<(String, PathBuf, Policy, Fingerprint)>),
     /// `--policy-etcd`: the tenants under a prefix (the second) of an etcd
     /// cluster (its endpoints, the first), read at start-up.
-    Etcd(Vec<String>, String),
+    Etcd(Vec<String>, String, Option<crate::etcd::EtcdTls>),
 }
 
 /// Where the live policies are followed from.
@@ -218,8 +218,8 @@ async fn warn_of_orphans(live: Arc<Store>, shadow: Arc<PolicyStore>) {
 async fn run(args: ServeConfig, policies: Policies, shadow: Option<Policies>) -> ExitCode {
     let mut termination = Termination::listen();
     let (source, store, live) = match policies {
-        Policies::Etcd(endpoints, prefix) => {
-            let etcd = match crate::etcd::Etcd::new(&endpoints, &prefix) {
+        Policies::Etcd(endpoints, prefix, tls) => {
+            let etcd = match crate::etcd::Etcd::with_tls(&endpoints, &prefix, tls.as_ref()) {
                 Ok(etcd) => etcd,
                 Err(why) => {
                     error!("--policy-etcd: {why}");

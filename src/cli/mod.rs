@@ -38,7 +38,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  corsd serve --policy-dir /etc/corsd/tenants --listen 0.0.0.0:50051 --metrics-listen 0.0.0.0:9090"
     )]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Check a policy file; every error is printed as FILE:LINE:COL: message.
     #[command(after_help = "Example:\n  corsd validate examples/policy.toml")]
     Validate(validate::ValidateArgs),
@@ -71,7 +71,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Validate(args) => validate::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Entries(command) => entries::run(command),

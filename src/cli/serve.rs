@@ -35,6 +35,15 @@ pub(super) struct ServeArgs {
         requires = "policy_etcd"
     )]
     etcd_prefix: String,
+    /// With --policy-etcd over https://: the CA (PEM) that signs the members' certificates.
+    #[arg(long, env = "CORSD_ETCD_CA", requires = "policy_etcd", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// With --policy-etcd: corsd's client certificate (PEM), for etcd's --client-cert-auth.
+    #[arg(long, env = "CORSD_ETCD_CERT", requires_all = ["policy_etcd", "etcd_key"], value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// With --etcd-cert: its private key (PEM).
+    #[arg(long, env = "CORSD_ETCD_KEY", requires = "etcd_cert", value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
     /// Address to listen on: HOST:PORT, or unix:PATH for a Unix socket (mode 0660).
     #[arg(long, env = "CORSD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: ListenAddr,
@@ -185,7 +194,13 @@ pub(super) fn run(args: ServeArgs) -> ExitCode {
             Ok(tenants) => Policies::Dir(dir, tenants),
             Err(code) => return code,
         },
-        (None, None) if !args.policy_etcd.is_empty() => Policies::Etcd(args.policy_etcd, args.etcd_prefix),
+        (None, None) if !args.policy_etcd.is_empty() => {
+            let tls = (args.etcd_ca.is_some() || args.etcd_cert.is_some()).then(|| crate::etcd::EtcdTls {
+                ca: args.etcd_ca,
+                identity: args.etcd_cert.zip(args.etcd_key),
+            });
+            Policies::Etcd(args.policy_etcd, args.etcd_prefix, tls)
+        }
         (None, None) => return ExitCode::from(2),
     };
     // A candidate that does not load stops start-up the same way.

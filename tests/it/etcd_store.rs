@@ -298,3 +298,58 @@ async fn three_replicas_share_one_etcd() {
         .await;
     }
 }
+
+/// etcd serving over TLS and asking for client certificates: corsd with
+/// --etcd-ca, --etcd-cert and --etcd-key follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_follow_etcd_over_mutual_tls() {
+    use crate::common::pki::{Ca, Subject};
+
+    let Some(binary) = etcd_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("etcd-ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let (server_cert, server_key) = ca.issue(&Subject::server()).write(dir.path(), "etcd");
+    let (client_cert, client_key) = ca.issue(&Subject::client(&["corsd"])).write(dir.path(), "corsd");
+    let member = crate::common::etcd::tls_member(&binary, &ca_file, &server_cert, &server_key);
+    let tls = corsd::etcd::EtcdTls {
+        ca: Some(ca_file.clone()),
+        identity: Some((client_cert.clone(), client_key.clone())),
+    };
+    let etcd = Etcd::with_tls(std::slice::from_ref(&member.client_url), "/corsd/tenants/", Some(&tls)).unwrap();
+    let started = Instant::now();
+    while etcd
+        .put_if("acme", policy("https://a.example.com").as_bytes(), 0)
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "etcd over TLS did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let corsd = crate::common::process::Corsd::start_etcd(
+        &member.client_url,
+        &[
+            "--etcd-ca",
+            ca_file.to_str().unwrap(),
+            "--etcd-cert",
+            client_cert.to_str().unwrap(),
+            "--etcd-key",
+            client_key.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let channel = corsd.channel().await;
+    assert_eq!(verdict(&channel, "acme", "https://a.example.com").await, Verdict::Allow);
+    let current = etcd.get("acme").await.unwrap().unwrap().mod_revision;
+    etcd.put_if("acme", policy("https://b.example.com").as_bytes(), current)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(Duration::from_secs(1), "the change over TLS in force", async || {
+        verdict(&channel, "acme", "https://b.example.com").await == Verdict::Allow
+    })
+    .await;
+}

@@ -51,6 +51,43 @@ impl Drop for Member {
     }
 }
 
+/// One member serving clients over TLS with `cert` and `key`, and asking
+/// every client for a certificate signed by `ca` (PEM files); its client
+/// URL is `https://127.0.0.1:PORT`. Started; not waited for.
+pub fn tls_member(
+    binary: &std::path::Path,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Member {
+    let (client, peer) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let args = vec![
+        "--name=tls".to_owned(),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=tls={peer_url}"),
+        format!("--cert-file={}", cert.display()),
+        format!("--key-file={}", key.display()),
+        format!("--trusted-ca-file={}", ca.display()),
+        "--client-cert-auth".to_owned(),
+    ];
+    let mut member = Member {
+        child: None,
+        client_url,
+        args,
+        binary: binary.to_path_buf(),
+        _dir: dir,
+    };
+    member.start();
+    member
+}
+
 /// A cluster of `size` members on loopback, started and answering.
 pub async fn cluster(binary: &std::path::Path, size: usize) -> Vec<Member> {
     let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
