@@ -353,3 +353,64 @@ async fn tenants_follow_etcd_over_mutual_tls() {
     })
     .await;
 }
+
+/// corsd's member goes away while the others change tenants and compact
+/// past what corsd has seen: back again, its watch is refused, and corsd
+/// reads every tenant again and puts the differences in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_reads_everything_again() {
+    let Some(binary) = etcd_binary() else { return };
+    let mut members = cluster(&binary, 3).await;
+    let others: Vec<String> = members[1..].iter().map(|m| m.client_url.clone()).collect();
+    let etcd = Etcd::new(&others, "/corsd/tenants/").unwrap();
+    etcd.put_if("acme", policy("https://a.example.com").as_bytes(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    etcd.put_if("gone", policy("https://g.example.com").as_bytes(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // corsd knows member 0 alone.
+    let corsd = crate::common::process::Corsd::start_etcd(&members[0].client_url, &[], dir.path());
+    let channel = corsd.channel().await;
+    assert_eq!(verdict(&channel, "acme", "https://a.example.com").await, Verdict::Allow);
+
+    members[0].stop();
+    // The others elect a leader among themselves first.
+    eventually(Duration::from_secs(10), "a new leader", async || {
+        etcd.get("acme").await.is_ok()
+    })
+    .await;
+    let acme = etcd.get("acme").await.unwrap().unwrap().mod_revision;
+    etcd.put_if("acme", policy("https://a2.example.com").as_bytes(), acme)
+        .await
+        .unwrap()
+        .unwrap();
+    etcd.put_if("beta", policy("https://b.example.com").as_bytes(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let gone = etcd.get("gone").await.unwrap().unwrap().mod_revision;
+    let last = etcd.delete_if("gone", gone).await.unwrap().unwrap();
+    etcd.compact(last).await.unwrap();
+    assert_eq!(
+        verdict(&channel, "acme", "https://a.example.com").await,
+        Verdict::Allow,
+        "the last good policies stay"
+    );
+
+    members[0].start();
+    eventually(
+        Duration::from_secs(15),
+        "every change in force after the resync",
+        async || {
+            verdict(&channel, "acme", "https://a2.example.com").await == Verdict::Allow
+                && verdict(&channel, "beta", "https://b.example.com").await == Verdict::Allow
+                && verdict(&channel, "gone", "https://g.example.com").await == Verdict::Deny
+        },
+    )
+    .await;
+    assert!(corsd.log().contains("compacted past the watch"), "{}", corsd.log());
+}
