@@ -105,6 +105,14 @@ async fn allowed(channel: &Channel, tenant: &str, origin: &str) -> bool {
         .is_ok_and(|a| a.into_inner().verdict() == Verdict::Allow)
 }
 
+/// User + system CPU time of process `pid` so far (USER_HZ is 100).
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -263,7 +271,9 @@ async fn main() {
 
     // Decisions on replica 1 with and without writes landing, A/B/B/A.
     let phase = Duration::from_secs_f64(args.phase_secs);
-    let mut rates = [(0u64, 0f64), (0u64, 0f64)];
+    // Per phase kind: calls, seconds, replica 1's CPU seconds.
+    let mut rates = [(0u64, 0f64, 0f64), (0u64, 0f64, 0f64)];
+    let measured = replicas.0[1].id();
     for writing in [false, true, true, false] {
         let stop = Arc::new(AtomicBool::new(false));
         let writer = writing.then(|| {
@@ -286,6 +296,7 @@ async fn main() {
         });
         let calls = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
+        let cpu_before = cpu(measured);
         let mut callers = Vec::new();
         for c in 0..32 {
             let (calls, channel) = (Arc::clone(&calls), channels[1].clone());
@@ -310,10 +321,18 @@ async fn main() {
         let slot = &mut rates[usize::from(writing)];
         slot.0 += calls.load(Ordering::Relaxed);
         slot.1 += started.elapsed().as_secs_f64();
+        slot.2 += (cpu(measured) - cpu_before).as_secs_f64();
     }
     let (quiet, busy) = (rates[0].0 as f64 / rates[0].1, rates[1].0 as f64 / rates[1].1);
+    let per_call = |r: (u64, f64, f64)| r.2 / r.0 as f64 * 1e6;
     println!(
         "\ndecisions on replica 1 (32 callers): {quiet:.0} calls/s without writes, {busy:.0} with a write every 20 ms: {:.3}",
         busy / quiet
+    );
+    println!(
+        "replica 1's CPU per call: {:.2} us without writes, {:.2} us with: {:.3}",
+        per_call(rates[0]),
+        per_call(rates[1]),
+        per_call(rates[0]) / per_call(rates[1])
     );
 }
