@@ -113,8 +113,8 @@ impl Etcd {
             .map(|url| {
                 let endpoint = Endpoint::from_shared(url.clone())
                     .map_err(|e| Unavailable(format!("`{url}` is not an etcd endpoint: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5))
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(2))
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5));
                 match &tls_config {
@@ -257,7 +257,13 @@ impl Etcd {
             .await
             .map_err(|_| Unavailable("the watch request was not sent".to_owned()))?;
         let requests = tokio_stream::wrappers::ReceiverStream::new(requests);
-        let responses = watch.watch(requests).await?.into_inner();
+        // Without a leader a member would keep the watch open and silent:
+        // `hasleader` makes it cancel the watch instead.
+        let mut request = tonic::Request::new(requests);
+        request
+            .metadata_mut()
+            .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+        let responses = watch.watch(request).await?.into_inner();
         // Keep the sender alive with the stream.
         tokio::spawn(async move { send.closed().await });
         Ok(responses)

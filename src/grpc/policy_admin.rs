@@ -141,6 +141,11 @@ impl PolicyAdminService {
     where
         F: FnOnce(&Caller, Place) -> Result<(Versions, Option<String>), Status> + Send + 'static,
     {
+        let before = self
+            .store
+            .tenant(tenant)
+            .map(|s| s.policy.version().to_owned())
+            .unwrap_or_default();
         let (caller_name, outcome) = match caller {
             Err(denied) => ("none".to_owned(), Err(denied)),
             Ok(caller) => {
@@ -155,7 +160,10 @@ impl PolicyAdminService {
             }
         };
         let outcome = match outcome {
-            Ok((versions, in_force)) => match self.in_force(tenant, in_force.as_deref()).await {
+            Ok((versions, in_force)) => match self
+                .in_force(tenant, in_force.as_deref(), &[&versions.0, &before])
+                .await
+            {
                 Ok(()) => Ok(versions),
                 Err(e) => Err((e, Some(versions))),
             },
@@ -186,12 +194,18 @@ impl PolicyAdminService {
 
     /// Waits until `tenant`'s policy in force has `version` (`None`: until
     /// the tenant is gone).
-    async fn in_force(&self, tenant: &str, version: Option<&str>) -> Result<(), Status> {
+    ///
+    /// A write made just after this one can replace it before it is seen
+    /// (a burst is swapped at once): once a version is in force that is
+    /// none of `older` (the version this write replaced, and the one in
+    /// force before it), this write is in force too, or behind a newer one.
+    async fn in_force(&self, tenant: &str, version: Option<&str>, older: &[&str]) -> Result<(), Status> {
         let mut swaps = self.store.follow();
         let deadline = tokio::time::Instant::now() + IN_FORCE_TIMEOUT;
         loop {
             let now = self.store.tenant(tenant).map(|s| s.policy.version().to_owned());
-            if now.as_deref() == version {
+            let superseded = version.is_some() && now.as_deref().is_some_and(|now| !older.contains(&now));
+            if now.as_deref() == version || superseded {
                 return Ok(());
             }
             match tokio::time::timeout_at(deadline, swaps.changed()).await {

@@ -150,9 +150,18 @@ async fn watch_from<P: Prepare>(
         while started.elapsed() < BURST_MAX {
             match tokio::time::timeout(BURST, stream.message()).await {
                 Ok(Ok(Some(more))) if !more.canceled => absorb(etcd, more, next, &mut changes, warned),
-                Ok(Ok(Some(_))) | Ok(Ok(None)) | Ok(Err(_)) => {
+                // Cancelled: the next watch says why (a compaction: a fresh read).
+                Ok(Ok(Some(_))) => {
                     apply(store, changes).await;
                     return Ok(());
+                }
+                Ok(Ok(None)) => {
+                    apply(store, changes).await;
+                    return Err(Unavailable("the watch ended".to_owned()));
+                }
+                Ok(Err(e)) => {
+                    apply(store, changes).await;
+                    return Err(e.into());
                 }
                 Err(_) => break,
             }
@@ -170,9 +179,12 @@ fn absorb(
     changes: &mut BTreeMap<String, Option<Vec<u8>>>,
     warned: &mut HashSet<String>,
 ) {
-    // A progress notice (no events) says every change up to its revision
-    // was sent; with events, their own revisions count.
-    if let Some(header) = response.header.as_ref().filter(|_| response.events.is_empty()) {
+    // A progress notice (no events, not the reply that creates the watch,
+    // which carries etcd's current revision, not the watch's) says every
+    // change up to its revision was sent; with events, their own count.
+    let progress =
+        response.events.is_empty() && !response.created && !response.canceled && response.compact_revision == 0;
+    if let Some(header) = response.header.as_ref().filter(|_| progress) {
         *next = (*next).max(header.revision + 1);
     }
     for event in response.events {

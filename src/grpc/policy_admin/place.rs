@@ -20,10 +20,10 @@ pub(super) enum Place {
 
 /// Times an etcd edit is tried again when another write came between its
 /// read and its transaction (with no expected version).
-const ETCD_EDIT_TRIES: usize = 5;
+const ETCD_EDIT_TRIES: usize = 20;
 /// How long an etcd call is retried while etcd says it cannot answer now
 /// (an election, a member down): within the 5 s a write may take.
-const ETCD_RETRY_FOR: Duration = Duration::from_secs(3);
+const ETCD_RETRY_FOR: Duration = Duration::from_millis(1500);
 
 /// `call`, again every 100 ms while it is `Unavailable`, for at most
 /// [`ETCD_RETRY_FOR`]. Off the async workers.
@@ -106,6 +106,9 @@ impl Place {
             if expected.is_some() {
                 break;
             }
+            // Another writer came between the read and the transaction:
+            // read its text and apply the edit to it, a little later.
+            std::thread::sleep(Duration::from_millis(5 + (revision.unsigned_abs() % 20)));
         }
         let current = self
             .read()?
@@ -185,13 +188,28 @@ impl Place {
         let Place::Etcd(etcd, name, runtime) = self else {
             return Err(EditError::Unavailable("not an etcd key".to_owned()));
         };
+        // Whether the key holds what this write wanted (one read, not
+        // retried: the whole write stays within its 5 s).
+        let landed = || {
+            runtime
+                .block_on(etcd.get(name))
+                .is_ok_and(|now| now.as_ref().map(|s| s.text.as_slice()) == wanted.map(str::as_bytes))
+        };
+        let lost_an_answer = std::cell::Cell::new(false);
         retried(|| match txn() {
-            Ok(done) => Ok(done),
-            // One read, not retried: the whole write stays within its 5 s.
-            Err(e) => match runtime.block_on(etcd.get(name)) {
-                Ok(now) if now.as_ref().map(|s| s.text.as_slice()) == wanted.map(str::as_bytes) => Ok(Some(0)),
-                _ => Err(EditError::Unavailable(e.0)),
-            },
+            Ok(Some(revision)) => Ok(Some(revision)),
+            // The compare failed: after a lost answer, maybe against this
+            // write's own revision.
+            Ok(None) if lost_an_answer.get() && landed() => Ok(Some(0)),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                lost_an_answer.set(true);
+                if landed() {
+                    Ok(Some(0))
+                } else {
+                    Err(EditError::Unavailable(e.0))
+                }
+            }
         })
     }
 }
