@@ -1,8 +1,9 @@
 //! `corsd serve --policy-etcd` on a real etcd (DESIGN.md section 17):
 //! start-up at one revision (an invalid key not served), every change in
 //! force within a second, an invalid change keeping the last good policy, a
-//! deleted key's tenant gone; etcd stopped: decisions go on,
-//! `corsd_policy_source_up` is 0; etcd back: corsd follows again.
+//! deleted key's tenant gone; etcd stopped and started under load: no
+//! decision fails, `corsd_policy_source_up` is 0 meanwhile, writes are
+//! UNAVAILABLE; etcd back: corsd follows again.
 
 use std::time::{Duration, Instant};
 
@@ -135,6 +136,25 @@ async fn tenants_follow_etcd_and_survive_its_outage() {
     })
     .await;
 
+    // etcd stops and starts again under load: no decision fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (channel, stop) = (channel.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut calls, mut failed) = (0u64, 0u64);
+            // Bounded: the outage below lasts seconds, not minutes.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 1_000_000 {
+                calls += 1;
+                let answer = CorsPolicyClient::new(channel.clone())
+                    .check_origin(check_get("acme", Some("https://a2.example.com")))
+                    .await;
+                if !answer.is_ok_and(|a| a.into_inner().verdict() == Verdict::Allow) {
+                    failed += 1;
+                }
+            }
+            (calls, failed)
+        })
+    };
     // etcd stops: decisions go on, health stays, the source is down.
     members[0].stop();
     eventually(Duration::from_secs(10), "the source reported down", async || {
@@ -170,6 +190,13 @@ async fn tenants_follow_etcd_and_survive_its_outage() {
         etcd.get("acme").await.is_ok()
     })
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failed) = load.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {calls} decisions failed while etcd stopped and started"
+    );
+    assert!(calls > 100, "only {calls} decisions");
     let current = etcd.get("acme").await.unwrap().unwrap().mod_revision;
     let text = policy("https://a3.example.com");
     etcd.put_if("acme", text.as_bytes(), current).await.unwrap().unwrap();
