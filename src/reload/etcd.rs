@@ -206,6 +206,7 @@ fn absorb(
 /// ones in at once; an invalid one keeps its tenant's last good policy.
 async fn apply<P: Prepare>(store: &PolicyStore<P>, changes: BTreeMap<String, Option<Vec<u8>>>) {
     let stored: Vec<(String, Option<Vec<u8>>)> = changes.into_iter().collect();
+    let names: Vec<String> = stored.iter().map(|(name, _)| name.clone()).collect();
     let compiled = tokio::task::spawn_blocking(move || {
         stored
             .into_iter()
@@ -222,8 +223,20 @@ async fn apply<P: Prepare>(store: &PolicyStore<P>, changes: BTreeMap<String, Opt
             })
             .collect::<Vec<_>>()
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    let compiled = match compiled {
+        Ok(compiled) => compiled,
+        Err(e) => {
+            // Not lost in silence: each tenant keeps its last good policy
+            // and says why, until its key changes again.
+            for name in &names {
+                store.count_reload(ReloadResult::Invalid);
+                store.set_reload_error(name, format!("compiling the policy from etcd failed: {e}"));
+            }
+            warn!(tenants = names.len(), "compiling policies from etcd failed: {e}");
+            return;
+        }
+    };
     let mut swaps = Vec::new();
     for (name, outcome) in compiled {
         match outcome {
