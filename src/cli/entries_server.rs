@@ -31,16 +31,9 @@ struct Listed<'a> {
 /// Lists `tenant`'s entries in force on `server` (host:port, or an
 /// `http://` URL), only the unused ones with `unused`.
 pub(super) fn list(server: &str, tenant: &str, unused: bool, token_file: Option<&Path>, json: bool) -> ExitCode {
-    let token = match read_token(token_file) {
-        Ok(token) => token,
+    let (token, runtime) = match start(token_file) {
+        Ok(started) => started,
         Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("corsd entries: cannot start: {e}");
-            return ExitCode::from(2);
-        }
     };
     let entries = match runtime.block_on(fetch(server, tenant, unused, token.as_deref())) {
         Ok(entries) => entries,
@@ -104,16 +97,9 @@ pub(super) enum Change<'a> {
 /// force there, 1 when the server refuses it (why, on stderr), 2 when the
 /// server cannot be asked.
 pub(super) fn edit(server: &str, tenant: &str, token_file: Option<&Path>, change: Change<'_>) -> ExitCode {
-    let token = match read_token(token_file) {
-        Ok(token) => token,
+    let (token, runtime) = match start(token_file) {
+        Ok(started) => started,
         Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("corsd entries: cannot start: {e}");
-            return ExitCode::from(2);
-        }
     };
     let done = runtime.block_on(async {
         let channel = connect(server).await.map_err(|why| (why, 2))?;
@@ -173,6 +159,20 @@ pub(super) fn edit(server: &str, tenant: &str, token_file: Option<&Path>, change
     }
 }
 
+/// The token in `token_file`, and a runtime to ask the server on; exit 2
+/// when either cannot be had.
+fn start(token_file: Option<&Path>) -> Result<(Option<String>, tokio::runtime::Runtime), ExitCode> {
+    let token = read_token(token_file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("corsd entries: cannot start: {e}");
+            ExitCode::from(2)
+        })?;
+    Ok((token, runtime))
+}
+
 /// The token in `file`, trimmed; exit 2 when it cannot be read.
 fn read_token(file: Option<&Path>) -> Result<Option<String>, ExitCode> {
     file.map(std::fs::read_to_string)
@@ -213,23 +213,20 @@ async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
 /// Every page of `ListEntries`, in file order.
 async fn fetch(server: &str, tenant: &str, unused: bool, token: Option<&str>) -> Result<Vec<Entry>, String> {
     let channel = connect(server).await?;
-    let authorization = token
-        .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
-        .transpose()
-        .map_err(|_| "the token is not a valid header value".to_owned())?;
     let mut client = CorsPolicyClient::new(channel);
     let (mut entries, mut page_token) = (Vec::new(), String::new());
     loop {
-        let mut request = tonic::Request::new(ListEntriesRequest {
-            page_size: PAGE_SIZE,
-            page_token: page_token.clone(),
-            tenant: tenant.to_owned(),
-            unused_only: unused,
-            ..ListEntriesRequest::default()
-        });
-        if let Some(value) = &authorization {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
+        let request = authorized(
+            ListEntriesRequest {
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+                tenant: tenant.to_owned(),
+                unused_only: unused,
+                ..ListEntriesRequest::default()
+            },
+            token,
+        )
+        .map_err(|(why, _)| why)?;
         let page = client
             .list_entries(request)
             .await

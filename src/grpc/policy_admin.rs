@@ -192,6 +192,33 @@ impl PolicyAdminService {
         }
     }
 
+    /// An entry call: `change` applied, with `origin`, to `tenant`'s policy
+    /// at `expected_version` (empty: as it is now).
+    async fn edit_entry<C>(
+        &self,
+        call: &'static str,
+        caller: Result<Caller, Status>,
+        tenant: String,
+        origin: String,
+        expected_version: String,
+        change: C,
+    ) -> Result<String, Status>
+    where
+        C: Fn(&str, &Policy, &str) -> Result<String, Refused> + Send + 'static,
+    {
+        let (for_audit, tenant_name) = (origin.clone(), tenant.clone());
+        self.write(call, caller, &tenant_name, Some(&for_audit), move |_, place| {
+            let shown = place.shown(&tenant);
+            match place.edit(&tenant, expected(&expected_version), |text, policy| {
+                change(text, policy, &origin)
+            }) {
+                Ok(edited) => Ok((versions(&edited), Some(edited.new_version()))),
+                Err(e) => Err(status_of(e, &shown, "origin")),
+            }
+        })
+        .await
+    }
+
     /// Waits until `tenant`'s policy in force has `version` (`None`: until
     /// the tenant is gone).
     ///
@@ -383,18 +410,16 @@ impl PolicyAdmin for PolicyAdminService {
     async fn add_entry(&self, request: Request<pb::AddEntryRequest>) -> Result<Response<pb::AddEntryResponse>, Status> {
         let r = request.get_ref().clone();
         let caller = self.admit_write(&request, &r.tenant);
-        let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
+        let note = (!r.note.is_empty()).then_some(r.note);
         let version = self
-            .write("AddEntry", caller, &tenant, Some(&origin), move |_, place| {
-                let shown = place.shown(&r.tenant);
-                let note = (!r.note.is_empty()).then_some(r.note.as_str());
-                match place.edit(&r.tenant, expected(&r.expected_version), |text, policy| {
-                    edit::add(text, policy, &r.origin, note)
-                }) {
-                    Ok(edited) => Ok((versions(&edited), Some(edited.new_version()))),
-                    Err(e) => Err(status_of(e, &shown, "origin")),
-                }
-            })
+            .edit_entry(
+                "AddEntry",
+                caller,
+                r.tenant,
+                r.origin,
+                r.expected_version,
+                move |text, policy, origin| edit::add(text, policy, origin, note.as_deref()),
+            )
             .await?;
         Ok(Response::new(pb::AddEntryResponse { version }))
     }
@@ -405,17 +430,15 @@ impl PolicyAdmin for PolicyAdminService {
     ) -> Result<Response<pb::RemoveEntryResponse>, Status> {
         let r = request.get_ref().clone();
         let caller = self.admit_write(&request, &r.tenant);
-        let (tenant, origin) = (r.tenant.clone(), r.origin.clone());
         let version = self
-            .write("RemoveEntry", caller, &tenant, Some(&origin), move |_, place| {
-                let shown = place.shown(&r.tenant);
-                match place.edit(&r.tenant, expected(&r.expected_version), |text, policy| {
-                    edit::remove(text, policy, &r.origin)
-                }) {
-                    Ok(edited) => Ok((versions(&edited), Some(edited.new_version()))),
-                    Err(e) => Err(status_of(e, &shown, "origin")),
-                }
-            })
+            .edit_entry(
+                "RemoveEntry",
+                caller,
+                r.tenant,
+                r.origin,
+                r.expected_version,
+                edit::remove,
+            )
             .await?;
         Ok(Response::new(pb::RemoveEntryResponse { version }))
     }
